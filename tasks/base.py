@@ -1,0 +1,64 @@
+"""The Task and TaskFamily interfaces: what optimizers are trained and evaluated on.
+
+A `Task` is a pytree (a `flax.struct.PyTreeNode`): its array leaves are the device-resident data
+and any per-task scalar hyperparameters (init scale, ...); its static fields (`pytree_node=False`)
+are shapes, names and other Python values. Because it is a pytree:
+
+* it is an *argument* of jitted functions, not a closed-over constant, so swapping in a new task
+  with the same shapes does not recompile, and its data is not baked into the program;
+* tasks with identical static fields stack (`jax.tree.map(jnp.stack, ...)`) into a population
+  that `jax.vmap` maps over, each member with its own data order, init scale and seed.
+
+Everything a meta-training unroll needs runs inside `jit` with no host round trip:
+`init(key)`, `sample_batch(key, split=...)` and `loss(params, batch)`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+
+Params = Any  # a pytree of arrays
+Batch = Any  # a pytree of arrays, e.g. {"x": f32[B, D], "y": i32[B]}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """Static facts about a task, recorded with every result.
+
+    name: unique, human-readable, stable across runs (used as a key in reports).
+    num_params: number of scalar parameters of `init`.
+    horizon: intended number of inner training steps.
+    """
+
+    name: str
+    num_params: int
+    horizon: int
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A differentiable training problem. Implementations are `flax.struct.PyTreeNode`s."""
+
+    @property
+    def info(self) -> TaskInfo: ...
+
+    def init(self, key: jax.Array) -> Params:
+        """Fresh parameters; deterministic in `key`."""
+
+    def loss(self, params: Params, batch: Batch) -> jax.Array:
+        """Scalar training objective on one batch (f32)."""
+
+    def sample_batch(self, key: jax.Array, *, split: str = "train") -> Batch:
+        """A batch drawn inside jit from device-resident data; split is "train" or "test"."""
+
+
+class TaskFamily(abc.ABC):
+    """A distribution over tasks. `sample` runs on the host (it chooses static shapes)."""
+
+    @abc.abstractmethod
+    def sample(self, key: jax.Array) -> Task:
+        """One task; deterministic in `key`."""
