@@ -1,0 +1,284 @@
+"""The per-parameter MLP learned optimizer (small_fc_lopt / AdafacMLP family, with optional muLO).
+
+For every scalar parameter, a small MLP reads features of its gradient history and emits a
+direction d and a log-magnitude s; the update is
+
+    update = d * exp(exp_mult * s) * step_mult * mup_scale(tensor)
+
+Features (per tensor, normalized per tensor; `feature_names()` lists them in order):
+parameter, gradient, clipped gradient, momenta at several decays, rsqrt of the second moment,
+momenta times that rsqrt (Adam-like directions), Adafactor factored statistics (row, column,
+gradient and momentum divided by their sqrt), plus global features: tanh(step / tau) at several
+time scales and, optionally, loss features. With the defaults there are 39 inputs.
+
+A linear skip from the per-tensor features to d lets `init_theta` start from a known-good rule:
+with `init_like_adam`, the initial optimizer is per-tensor-normalized Adam (beta1 = 0.9,
+beta2 = rms_decay) with learning rate step_mult, and the MLP, whose last layer starts small,
+learns corrections. Meta-training starts from a working optimizer instead of noise.
+
+This module is the straightforward per-leaf implementation: clear, and the reference that faster
+implementations are tested against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from learned_opt import accumulators as acc_lib
+from learned_opt import features as feat_lib
+from learned_opt import mup
+from learned_opt.tree_util import matrix_shape
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class MLPLOptState(NamedTuple):
+    """Optimizer state. Accumulator leaves mirror params (on each tensor's (R, C) view)."""
+
+    count: jax.Array  # i32[], steps taken
+    accumulators: Any  # pytree like params of acc_lib.LeafAccumulators
+    loss_ema_L: jax.Array  # f32[L], running averages of the loss (L = 0 without loss features)
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPLOpt:
+    """Static configuration of the per-parameter MLP learned optimizer.
+
+    hidden_sizes: widths of the MLP's hidden layers, e.g. (32, 32) or (8,).
+    momentum_decays / rms_decay / adafactor_decays: EMA decay rates of the gradient statistics.
+    time_scales: tau of the tanh(step / tau) global features.
+    loss_features: also read the training loss (then `update` needs `loss=`).
+    step_mult, exp_mult: output scales; see the module docstring.
+    mup: scale each tensor's update by mu-P (learned_opt.mup), relative to `base_fan_in`.
+    accumulator_dtype: "float32" or "bfloat16" storage for the statistics (math is f32).
+    init_like_adam: start theta as per-tensor-normalized Adam (see module docstring).
+    """
+
+    name: ClassVar[str] = "mlp_lopt"
+
+    hidden_sizes: tuple[int, ...] = (32, 32)
+    momentum_decays: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99, 0.999)
+    rms_decay: float = 0.999
+    adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    time_scales: tuple[float, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+    loss_features: bool = False
+    loss_decays: tuple[float, ...] = (0.9, 0.99)
+    step_mult: float = 1e-3
+    exp_mult: float = 1e-3
+    mup: bool = False
+    base_fan_in: int = 32
+    accumulator_dtype: str = "float32"
+    init_like_adam: bool = True
+    out_init_scale: float = 1e-2
+
+    def __post_init__(self):
+        # Accept lists (from JSON / YAML) but store tuples so the dataclass stays hashable.
+        for f in ("hidden_sizes", "momentum_decays", "adafactor_decays", "time_scales", "loss_decays"):
+            v = getattr(self, f)
+            if isinstance(v, list):
+                object.__setattr__(self, f, tuple(v))
+            if not isinstance(getattr(self, f), tuple):
+                raise TypeError(f"MLPLOpt.{f} must be a tuple, got {v!r}.")
+        if not self.hidden_sizes or any(
+            not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in self.hidden_sizes
+        ):
+            raise ValueError(
+                f"MLPLOpt.hidden_sizes={self.hidden_sizes!r}: expected a non-empty tuple of positive "
+                "ints, e.g. (32, 32) or (8,)."
+            )
+        for f in ("momentum_decays", "adafactor_decays", "loss_decays"):
+            if any(not 0.0 <= d < 1.0 for d in getattr(self, f)):
+                raise ValueError(f"MLPLOpt.{f}={getattr(self, f)!r}: every decay must be in [0, 1).")
+        if not self.momentum_decays or not self.adafactor_decays:
+            raise ValueError("MLPLOpt needs at least one momentum decay and one adafactor decay.")
+        if not 0.0 <= self.rms_decay < 1.0:
+            raise ValueError(f"MLPLOpt.rms_decay={self.rms_decay!r}: expected a value in [0, 1).")
+        if any(t <= 0 for t in self.time_scales):
+            raise ValueError(f"MLPLOpt.time_scales={self.time_scales!r}: expected positive values.")
+        if self.accumulator_dtype not in _DTYPES:
+            raise ValueError(
+                f"MLPLOpt.accumulator_dtype={self.accumulator_dtype!r}: expected one of {list(_DTYPES)}."
+            )
+        if not isinstance(self.base_fan_in, int) or self.base_fan_in < 1:
+            raise ValueError(f"MLPLOpt.base_fan_in={self.base_fan_in!r}: expected a positive int.")
+
+    # ---- sizes -------------------------------------------------------------------------------
+
+    def feature_names(self) -> list[str]:
+        """Names of the network inputs, in order: per-tensor features, then global ones."""
+        m = [f"m{d}" for d in self.momentum_decays]
+        a = [f"{d}" for d in self.adafactor_decays]
+        tensor = (
+            ["p", "g", "g_clip"]
+            + m
+            + ["rsqrt_v"]
+            + [f"{x}*rsqrt_v" for x in m]
+            + [f"g*rsqrt_fac{x}" for x in a]
+            + [f"rsqrt_row{x}" for x in a]
+            + [f"rsqrt_col{x}" for x in a]
+            + [f"{x}*rsqrt_fac{a[-1]}" for x in m]
+        )
+        glob = [f"time{t:g}" for t in self.time_scales]
+        if self.loss_features:
+            glob += [f"loss_rel{d}" for d in self.loss_decays]
+        return tensor + glob
+
+    @property
+    def num_tensor_features(self) -> int:
+        n_m, n_a = len(self.momentum_decays), len(self.adafactor_decays)
+        return 3 + n_m + 1 + n_m + 3 * n_a + n_m
+
+    @property
+    def num_global_features(self) -> int:
+        return len(self.time_scales) + (len(self.loss_decays) if self.loss_features else 0)
+
+    @property
+    def num_features(self) -> int:
+        return self.num_tensor_features + self.num_global_features
+
+    def _adam_feature_index(self) -> int:
+        """Index of m_beta*rsqrt_v for the momentum decay closest to 0.9 (Adam's beta1)."""
+        k = min(range(len(self.momentum_decays)), key=lambda i: abs(self.momentum_decays[i] - 0.9))
+        return 3 + len(self.momentum_decays) + 1 + k
+
+    # ---- theta -------------------------------------------------------------------------------
+
+    def init_theta(self, key: jax.Array) -> dict:
+        """MLP weights and the linear skip; deterministic in `key`."""
+        sizes = (self.num_features, *self.hidden_sizes, 2)
+        keys = jax.random.split(key, len(sizes) - 1)
+        layers = []
+        for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            std = (self.out_init_scale if last else math.sqrt(2.0)) / math.sqrt(n_in)
+            layers.append(
+                {
+                    "w": std * jax.random.normal(k, (n_in, n_out), jnp.float32),
+                    "b": jnp.zeros((n_out,), jnp.float32),
+                }
+            )
+        skip_F = jnp.zeros((self.num_tensor_features,), jnp.float32)
+        if self.init_like_adam:
+            skip_F = skip_F.at[self._adam_feature_index()].set(-1.0)
+        return {"mlp": layers, "skip": skip_F}
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def init_state(self, params: Any) -> MLPLOptState:
+        dtype = _DTYPES[self.accumulator_dtype]
+
+        def leaf(p):
+            rows, cols = matrix_shape(tuple(jnp.shape(p)))
+            return acc_lib.init_leaf(rows, cols, len(self.momentum_decays), len(self.adafactor_decays), dtype)
+
+        n_loss = len(self.loss_decays) if self.loss_features else 0
+        return MLPLOptState(
+            count=jnp.zeros([], jnp.int32),
+            accumulators=jax.tree.map(leaf, params),
+            loss_ema_L=jnp.zeros((n_loss,), jnp.float32),
+        )
+
+    # ---- update ------------------------------------------------------------------------------
+
+    def update(self, theta, grads, state: MLPLOptState, params, *, loss=None, roles=None):
+        """(updates, new_state) for one step; see the module docstring."""
+        if params is None:
+            raise ValueError(
+                "MLPLOpt.update needs params (the parameter value is an input feature): call "
+                "tx.update(grads, state, params)."
+            )
+        loss_ema_L, glob_G = self._global_features(state, loss)
+        # The global features add the same vector to every parameter's first hidden layer.
+        first = theta["mlp"][0]
+        n_t = self.num_tensor_features
+        first_bias_H = first["b"] + glob_G @ first["w"][n_t:]
+
+        leaves_g, treedef = jax.tree.flatten(grads)
+        leaves_p = treedef.flatten_up_to(params)
+        leaves_acc = treedef.flatten_up_to(state.accumulators)
+        leaf_roles = mup.resolve_roles(params, roles)
+        new_acc, updates = [], []
+        for g, p, acc, role in zip(leaves_g, leaves_p, leaves_acc, leaf_roles):
+            u, a = self._update_leaf(theta, first_bias_H, g, p, acc, role)
+            updates.append(u)
+            new_acc.append(a)
+        new_state = MLPLOptState(
+            count=state.count + 1,
+            accumulators=treedef.unflatten(new_acc),
+            loss_ema_L=loss_ema_L,
+        )
+        return treedef.unflatten(updates), new_state
+
+    def _global_features(self, state: MLPLOptState, loss):
+        glob = [feat_lib.time_features(state.count, self.time_scales)]
+        loss_ema_L = state.loss_ema_L
+        if self.loss_features:
+            if loss is None:
+                raise ValueError(
+                    "MLPLOpt(loss_features=True) needs the loss: call update(..., loss=loss), e.g. "
+                    "tx.update(grads, state, params, loss=loss_value)."
+                )
+            loss = jnp.asarray(loss, jnp.float32)
+            # The first step has no history: start the averages at the current loss.
+            prev_L = jnp.where(state.count == 0, loss, loss_ema_L)
+            decays_L = jnp.asarray(self.loss_decays, jnp.float32)
+            glob.append(feat_lib.loss_features(loss, prev_L))
+            loss_ema_L = decays_L * prev_L + (1 - decays_L) * loss
+        return loss_ema_L, jnp.concatenate(glob)
+
+    def _update_leaf(self, theta, first_bias_H, g, p, acc, role):
+        shape = tuple(jnp.shape(p))
+        rows, cols = matrix_shape(shape)
+        g_RxC = jnp.clip(g.astype(jnp.float32), -feat_lib.GRAD_CLIP, feat_lib.GRAD_CLIP).reshape(rows, cols)
+        p_RxC = p.astype(jnp.float32).reshape(rows, cols)
+        acc = acc_lib.update_leaf(
+            acc,
+            g_RxC,
+            jnp.asarray(self.momentum_decays, jnp.float32),
+            self.rms_decay,
+            jnp.asarray(self.adafactor_decays, jnp.float32),
+        )
+        feat_NxF = self._tensor_features(p_RxC, g_RxC, acc).reshape(rows * cols, -1)
+        feat_NxF = feat_lib.normalize_per_tensor(feat_NxF)
+        direction_N, log_mag_N = self._mlp(theta, first_bias_H, feat_NxF)
+        scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
+        step_N = direction_N * jnp.exp(self.exp_mult * log_mag_N) * (self.step_mult * scale)
+        return step_N.reshape(shape).astype(p.dtype), acc
+
+    def _tensor_features(self, p_RxC, g_RxC, acc: acc_lib.LeafAccumulators) -> jax.Array:
+        eps = feat_lib.RSQRT_EPS
+        m_MxRxC = acc.momentum_MxRxC.astype(jnp.float32)
+        rsqrt_v_RxC = jax.lax.rsqrt(acc.rms_RxC.astype(jnp.float32) + eps)
+        row_AxR = acc.row_AxR.astype(jnp.float32)
+        col_AxC = acc.col_AxC.astype(jnp.float32)
+        rsqrt_fac_AxRxC = jax.lax.rsqrt(acc_lib.factored_second_moment(row_AxR, col_AxC, eps) + eps)
+        n_a = row_AxR.shape[0]
+        rows, cols = g_RxC.shape
+        chans = [
+            p_RxC[None],
+            g_RxC[None],
+            jnp.clip(g_RxC, -0.1, 0.1)[None],
+            m_MxRxC,
+            rsqrt_v_RxC[None],
+            m_MxRxC * rsqrt_v_RxC[None],
+            g_RxC[None] * rsqrt_fac_AxRxC,
+            jnp.broadcast_to(jax.lax.rsqrt(row_AxR + eps)[:, :, None], (n_a, rows, cols)),
+            jnp.broadcast_to(jax.lax.rsqrt(col_AxC + eps)[:, None, :], (n_a, rows, cols)),
+            m_MxRxC * rsqrt_fac_AxRxC[-1][None],
+        ]
+        return jnp.moveaxis(jnp.concatenate(chans, axis=0), 0, -1)  # R x C x F
+
+    def _mlp(self, theta, first_bias_H, feat_NxF):
+        layers = theta["mlp"]
+        n_t = self.num_tensor_features
+        h = jax.nn.relu(feat_NxF @ layers[0]["w"][:n_t] + first_bias_H)
+        for layer in layers[1:-1]:
+            h = jax.nn.relu(h @ layer["w"] + layer["b"])
+        out_Nx2 = h @ layers[-1]["w"] + layers[-1]["b"]
+        direction_N = out_Nx2[:, 0] + feat_NxF @ theta["skip"]
+        return direction_N, out_Nx2[:, 1]
