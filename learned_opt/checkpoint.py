@@ -187,13 +187,14 @@ def _fill_template(arch: Any, tensors: dict[str, np.ndarray], where: str) -> Any
             f"{where} does not match architecture {arch!r}: missing arrays {missing}, "
             f"unexpected arrays {extra}."
         )
-    for k, spec in expected.items():
-        a = tensors[k]
-        if tuple(a.shape) != tuple(spec.shape) or a.dtype != spec.dtype:
-            raise ValueError(
-                f"{where}: array {k!r} has shape {tuple(a.shape)} dtype {a.dtype}, but the "
-                f"architecture expects shape {tuple(spec.shape)} dtype {spec.dtype}."
-            )
+    wrong = [
+        f"{k!r} has shape {tuple(tensors[k].shape)} dtype {tensors[k].dtype}, expected shape "
+        f"{tuple(spec.shape)} dtype {spec.dtype}"
+        for k, spec in expected.items()
+        if tuple(tensors[k].shape) != tuple(spec.shape) or tensors[k].dtype != spec.dtype
+    ]
+    if wrong:
+        raise ValueError(f"{where}: arrays do not match architecture {arch!r}: " + "; ".join(wrong) + ".")
     leaves = [jax.numpy.asarray(tensors[k]) for k in expected]
     return jax.tree.unflatten(jax.tree.structure(template), leaves)
 

@@ -1,0 +1,21 @@
+"""Pytrees shared by the learned_opt tests."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+
+def mixed_params(dtype=jnp.float32):
+    """A nested dict/list pytree with a dense kernel, a bias, a conv kernel, a scalar and a vector."""
+    k = jax.random.split(jax.random.key(0), 4)
+    return {
+        "dense": {"kernel": jax.random.normal(k[0], (6, 5), dtype), "bias": jnp.zeros((5,), dtype)},
+        "conv": [jax.random.normal(k[1], (3, 3, 2, 4), dtype) * 0.3],
+        "scale": jnp.ones((), dtype),
+        "vec": jax.random.normal(k[2], (7,), dtype),
+    }
+
+
+@pytest.fixture
+def params():
+    return mixed_params()
