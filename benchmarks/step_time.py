@@ -1,0 +1,110 @@
+"""Step time of a learned optimizer against optax.adamw, measured in one process.
+
+    .venv/bin/python benchmarks/step_time.py                 # default arch "mlp", 100k and 2M MLPs
+    .venv/bin/python benchmarks/step_time.py --arch mlp_small --sizes 2m 25m
+
+For each MLP size it times (median over repeats, after compilation):
+  full step   = forward + backward + optimizer update + apply, batch 128
+  update only = optimizer update + apply, on fixed gradients
+and prints both times and the ratio learned / adamw. Buffers are donated, as in real training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import learned_opt
+
+# Hidden widths of a 784 -> ... -> 10 MLP, named by approximate parameter count.
+SIZES = {
+    "100k": (128, 128),  # 118k
+    "2m": (1024, 1024),  # 1.86M, the size quoted in the performance issue
+    "25m": (3072, 3072, 3072),  # 21M
+}
+BATCH = 128
+
+
+def mlp_params(key, hidden):
+    sizes = (784, *hidden, 10)
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [
+        {"w": jax.random.normal(k, (i, o)) / jnp.sqrt(i), "b": jnp.zeros((o,))}
+        for k, i, o in zip(keys, sizes[:-1], sizes[1:])
+    ]
+
+
+def mlp_loss(params, x, y):
+    h = x
+    for layer in params[:-1]:
+        h = jax.nn.relu(h @ layer["w"] + layer["b"])
+    logits = h @ params[-1]["w"] + params[-1]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def time_fn(fn, args, repeats):
+    """Median seconds per call; `fn` returns its (donated) args' replacements."""
+    args = fn(*args)  # compile + warm up
+    jax.block_until_ready(args)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        args = fn(*args)
+        jax.block_until_ready(args)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench(tx, params, x, y, repeats):
+    @jax.jit
+    def full(params, state):
+        loss, grads = jax.value_and_grad(mlp_loss)(params, x, y)
+        updates, state = tx.update(grads, state, params, loss=loss)
+        return optax.apply_updates(params, updates), state
+
+    grads = jax.grad(mlp_loss)(params, x, y)
+
+    @jax.jit
+    def update_only(params, state):
+        updates, state = tx.update(grads, state, params, loss=jnp.float32(1.0))
+        return optax.apply_updates(params, updates), state
+
+    full_d = jax.jit(full, donate_argnums=(0, 1))
+    upd_d = jax.jit(update_only, donate_argnums=(0, 1))
+    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
+    t_full = time_fn(full_d, (copy(params), tx.init(params)), repeats)
+    t_upd = time_fn(upd_d, (copy(params), tx.init(params)), repeats)
+    return t_full, t_upd
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="mlp", choices=sorted(learned_opt.ARCHITECTURES))
+    ap.add_argument("--sizes", nargs="+", default=["100k", "2m"], choices=sorted(SIZES))
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args(argv)
+
+    arch = learned_opt.ARCHITECTURES[args.arch]
+    lopt = learned_opt.to_optax(arch, arch.init_theta(jax.random.key(0)))
+    adamw = optax.adamw(1e-3)
+    print(f"device: {jax.devices()[0].device_kind}  arch: {args.arch} {arch}")
+    print(f"{'size':>6} {'params':>10} | {'full adamw':>11} {'full lopt':>11} {'ratio':>7} | "
+          f"{'upd adamw':>10} {'upd lopt':>10} {'ratio':>7}")
+    for size in args.sizes:
+        params = mlp_params(jax.random.key(1), SIZES[size])
+        x = jax.random.normal(jax.random.key(2), (BATCH, 784))
+        y = jax.random.randint(jax.random.key(3), (BATCH,), 0, 10)
+        fa, ua = bench(adamw, params, x, y, args.repeats)
+        fl, ul = bench(lopt, params, x, y, args.repeats)
+        n = learned_opt.num_params(params)
+        print(f"{size:>6} {n:>10,} | {fa * 1e3:>9.2f}ms {fl * 1e3:>9.2f}ms {fl / fa:>6.1f}x | "
+              f"{ua * 1e3:>8.2f}ms {ul * 1e3:>8.2f}ms {ul / ua:>6.1f}x")
+
+
+if __name__ == "__main__":
+    main()
