@@ -1,0 +1,89 @@
+"""`lopt`: the command-line entry point. An argparse app with one sub-command per job.
+
+Other modules add theirs by appending to SUBCOMMANDS a function `(subparsers) -> None` that
+registers a parser and sets `func=handler(args) -> int` on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+
+def _add_meta_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "meta-train",
+        help="meta-train a learned optimizer from a YAML recipe",
+        description="Meta-train a learned optimizer. Example: lopt meta-train configs/smoke.yaml "
+        "--workdir /tmp/run unroll.truncation_length=5",
+    )
+    p.add_argument("config", help="YAML recipe, e.g. configs/quickstart.yaml")
+    p.add_argument("--workdir", default=None, help="output directory (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the workdir's latest checkpoint")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.num_steps=10")
+    p.set_defaults(func=_run_meta_train)
+
+
+def _run_meta_train(args) -> int:
+    import os
+
+    from meta_train.config import load_config
+    from meta_train.train import meta_train
+
+    config = load_config(args.config, args.overrides)
+    workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    result = meta_train(config, workdir, resume=args.resume)
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+
+    console = Console()
+    m = result.last_metrics
+    console.print(f"[bold]done[/bold]: {result.step} outer steps in {result.workdir}")
+    if m:
+        console.print(f"  final meta_loss {m.get('meta_loss', float('nan')):.4f}; "
+                      f"diverged total {m.get('total/unroll_diverged', 0):.0f}; "
+                      f"clipped total {m.get('total/outer_clipped', 0):.0f}")
+    if result.export_path:
+        console.print(f"  exported learned optimizer: {result.export_path}")
+    if result.eval_summary:
+        for name, s in result.eval_summary.items():
+            console.print(f"  eval {name}: mean train loss {s['mean_train_loss']:.4g}, "
+                          f"final test loss {s['final_test_loss']:.4g}")
+
+
+SUBCOMMANDS: list[Callable] = [_add_meta_train]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lopt", description="learned-opt command line")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from meta_train.config import ConfigError
+    from meta_train.train import WorkdirError
+
+    parser = build_parser()
+    # Overrides may come after flags (`--resume a.b=1`), which argparse alone does not allow.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    try:
+        return args.func(args)
+    except (ConfigError, WorkdirError) as err:
+        print(f"lopt: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

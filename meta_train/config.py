@@ -1,0 +1,156 @@
+"""Typed meta-training recipes: frozen dataclasses, loaded from YAML with omegaconf.
+
+The YAML is merged onto the dataclass schema, so an unknown key or a value of the wrong type
+fails at load time with the full key path and the expected type; the result is a plain frozen
+`MetaTrainConfig` (no omegaconf objects leak past this module). Overrides use dotted paths,
+`unroll.truncation_length=5`, exactly as on the `lopt meta-train` command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf import errors as oc_errors
+
+from meta_train.learner import OuterConfig
+from meta_train.unroll import UnrollConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """seed: everything (task pool, population, perturbations) derives from it.
+    num_steps: outer (meta) steps. checkpoint_every: outer steps between checkpoints (and one
+    at exit). log_every: outer steps between metric rows."""
+
+    seed: int = 0
+    num_steps: int = 100
+    checkpoint_every: int = 50
+    log_every: int = 1
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TasksConfig:
+    """family: a key of `meta_train.families.TASK_FAMILIES`; kwargs go to its constructor.
+    pool_size: tasks sampled once and stacked; members draw from them at every reset."""
+
+    family: str = "quadratic"
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pool_size: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """architecture: a key of `learned_opt.ARCHITECTURES`; kwargs override its fields."""
+
+    architecture: str = "mlp_small"
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorConfig:
+    """name: a key of `meta_train.estimators.ESTIMATORS`. num_pairs: antithetic pairs (members
+    for tbptt) per worker. sigma: perturbation std (ignored by tbptt). num_workers: in-process
+    workers, each with its own share of the population."""
+
+    name: str = "pes"
+    num_pairs: int = 8
+    sigma: float = 0.01
+    num_workers: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """After meta-training: train `num_tasks` fresh tasks for `num_steps` with the learned
+    optimizer and with AdamW at `adamw_learning_rate`; report and plot both."""
+
+    enabled: bool = False
+    num_tasks: int = 4
+    num_steps: int = 200
+    adamw_learning_rate: float = 1e-3
+    seed: int = 1234
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTrainConfig:
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    tasks: TasksConfig = dataclasses.field(default_factory=TasksConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    estimator: EstimatorConfig = dataclasses.field(default_factory=EstimatorConfig)
+    unroll: UnrollConfig = dataclasses.field(default_factory=UnrollConfig)
+    outer: OuterConfig = dataclasses.field(default_factory=OuterConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    """A recipe that does not fit the schema; the message names the key path and the fix."""
+
+
+def _schema():
+    schema = OmegaConf.structured(MetaTrainConfig)
+    OmegaConf.set_readonly(schema, False)  # frozen dataclass -> read-only node; we merge into it
+    return schema
+
+
+def _explain(err: Exception, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    if isinstance(err, oc_errors.ConfigKeyError):
+        return ConfigError(
+            f"{source}: unknown key '{key}'. Valid keys are the fields of MetaTrainConfig "
+            "(meta_train/config.py); check the spelling and nesting."
+        )
+    expected = _expected_type(str(key))
+    return ConfigError(
+        f"{source}: bad value for '{key}': expected {expected}. "
+        f"({str(getattr(err, 'msg', err)).splitlines()[0]})"
+    )
+
+
+def _expected_type(path: str) -> str:
+    node: Any = MetaTrainConfig
+    field_type: Any = MetaTrainConfig
+    for part in path.split("."):
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return "a value of the schema's type"
+        field_type = fields[part].type
+        node = field_type if dataclasses.is_dataclass(field_type) else None
+        if isinstance(field_type, str):  # postponed annotations
+            node = globals().get(field_type) or _SUBCONFIGS.get(field_type)
+    return str(getattr(field_type, "__name__", field_type))
+
+
+_SUBCONFIGS = {"UnrollConfig": UnrollConfig, "OuterConfig": OuterConfig}
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> MetaTrainConfig:
+    """The recipe at `path` (YAML) with dotted `key=value` overrides, validated and typed."""
+    merged = _schema()
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not of the form key.sub=value.")
+    source = path
+    try:
+        if path is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        source = "command-line override"
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        source = path or "config"
+        config = OmegaConf.to_object(merged)
+    except (oc_errors.ConfigKeyError, oc_errors.ValidationError) as err:
+        raise _explain(err, source) from None
+    except (ValueError, TypeError) as err:  # a dataclass __post_init__ rejected a value
+        raise ConfigError(f"{source}: {err}") from None
+    return config
+
+
+def to_dict(config: MetaTrainConfig) -> dict[str, Any]:
+    """Plain nested dict (for checkpoint metadata and the workdir's config.yaml)."""
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: MetaTrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(config)))

@@ -1,0 +1,78 @@
+"""A short evaluation after meta-training: the learned optimizer vs AdamW on fresh tasks.
+
+Fresh tasks come from the *training* family with a different seed (in-distribution check, not
+generalization; `lopt evaluate` does the latter). Both optimizers see identical batches; each
+inner run is a `lax.scan`, vmapped over the stacked tasks. Reports mean train loss over the run
+and the final test loss, averaged over tasks, and plots the curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from meta_train import pool as pool_lib
+
+
+def train_curves(tx: optax.GradientTransformation, tasks: Any, num_steps: int, key: jax.Array):
+    """(train_loss[tasks, steps], final_test_loss[tasks]) for optimizer `tx` on stacked `tasks`."""
+
+    def one_task(task, key):
+        k_init, k_data, k_test = jax.random.split(key, 3)
+        params = task.init(k_init)
+        opt_state = tx.init(params)
+
+        def step(carry, i):
+            params, opt_state = carry
+            batch = task.sample_batch(jax.random.fold_in(k_data, i), split="train")
+            loss, grads = jax.value_and_grad(task.loss)(params, batch)
+            updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, _), losses = jax.lax.scan(step, (params, opt_state), jnp.arange(num_steps))
+        test_keys = jax.random.split(k_test, 8)
+        test = jnp.mean(jax.vmap(lambda k: task.loss(params, task.sample_batch(k, split="test")))(test_keys))
+        return losses, test
+
+    num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+    return jax.jit(jax.vmap(one_task))(tasks, jax.random.split(key, num_tasks))
+
+
+def compare_with_adamw(arch: Any, theta: Any, family: Any, cfg) -> dict[str, Any]:
+    import learned_opt
+
+    key = jax.random.PRNGKey(cfg.seed)
+    tasks = pool_lib.make_pool(family, jax.random.fold_in(key, 0), cfg.num_tasks)
+    optimizers = {
+        "learned": learned_opt.to_optax(arch, theta),
+        f"adamw_lr{cfg.adamw_learning_rate:g}": optax.adamw(cfg.adamw_learning_rate),
+    }
+    result = {}
+    for name, tx in optimizers.items():
+        losses, test = train_curves(tx, tasks, cfg.num_steps, jax.random.fold_in(key, 1))
+        losses = np.asarray(losses)
+        result[name] = {
+            "curve": np.nanmean(losses, axis=0).tolist(),
+            "mean_train_loss": float(np.nanmean(losses)),
+            "final_train_loss": float(np.nanmean(losses[:, -10:])),
+            "final_test_loss": float(np.nanmean(np.asarray(test))),
+        }
+    return result
+
+
+def evaluate_and_report(arch, theta, family, cfg, workdir: str) -> dict[str, Any]:
+    """compare_with_adamw, written to workdir/eval.json and workdir/eval.png; returns a summary."""
+    from meta_train import plots
+
+    result = compare_with_adamw(arch, theta, family, cfg)
+    summary = {name: {k: v for k, v in r.items() if k != "curve"} for name, r in result.items()}
+    with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
+        json.dump({"summary": summary, "curves": {n: r["curve"] for n, r in result.items()}}, f)
+    plots.plot_eval(result, os.path.join(workdir, "eval.png"))
+    return summary
