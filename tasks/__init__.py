@@ -1,1 +1,16 @@
-"""TODO"""
+"""Inner problems for learned optimizers: models, offline TFDS datasets, task families, suites.
+
+Importing this package loads no data; datasets are read (and local ones built) when a task is
+built. Public names are re-exported here.
+"""
+
+from tasks.base import Task, TaskFamily, TaskInfo
+from tasks.classification import ClassificationTask, make_classification_task
+from tasks.families import MLPFamily
+from tasks.specs import ClassificationSpec, LanguageModelSpec
+from tasks.stacking import stack_tasks
+
+__all__ = [
+    "ClassificationSpec", "ClassificationTask", "LanguageModelSpec", "MLPFamily", "Task",
+    "TaskFamily", "TaskInfo", "make_classification_task", "stack_tasks",
+]

@@ -10,7 +10,9 @@ are shapes, names and other Python values. Because it is a pytree:
   that `jax.vmap` maps over, each member with its own data order, init scale and seed.
 
 Everything a meta-training unroll needs runs inside `jit` with no host round trip:
-`init(key)`, `sample_batch(key, split=...)` and `loss(params, batch)`.
+`init(key)`, `sample_batch(key, split=...)` and `loss(params, batch)`. The held-out loss of a
+training run is `eval_loss(params)`: the mean loss over a fixed slice of the test split (the
+same examples every call, so curves are comparable across steps and optimizers).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ class Task(Protocol):
     def sample_batch(self, key: jax.Array, *, split: str = "train") -> Batch:
         """A batch drawn inside jit from device-resident data; split is "train" or "test"."""
 
+    def eval_loss(self, params: Params) -> jax.Array:
+        """Mean loss over a fixed held-out slice of the test split (f32 scalar); jittable."""
+
 
 class TaskFamily(abc.ABC):
     """A distribution over tasks. `sample` runs on the host (it chooses static shapes)."""
@@ -62,3 +67,15 @@ class TaskFamily(abc.ABC):
     @abc.abstractmethod
     def sample(self, key: jax.Array) -> Task:
         """One task; deterministic in `key`."""
+
+    def sample_population(self, key: jax.Array, size: int) -> Task:
+        """`size` tasks sharing one static configuration, stacked along a leading axis.
+
+        The default draws one task for the static choices and varies only what is an array
+        leaf (data order comes from the keys given to `sample_batch`); families override it to
+        also vary per-member scalars such as the init scale.
+        """
+        from tasks.stacking import stack_tasks  # local: stacking imports this module
+
+        task = self.sample(key)
+        return stack_tasks([task] * size)

@@ -1,0 +1,88 @@
+"""Task families: distributions over task configurations, sampled on the host.
+
+`MLPFamily` draws the static choices (dataset, width, depth, activation, batch size, horizon)
+and a log-uniform init scale. `sample_population` keeps one static choice and varies the init
+scale per member, so the members stack into one vmappable task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tasks.base import Task, TaskFamily
+from tasks.models.mlp import MLPConfig
+from tasks.specs import ClassificationSpec
+from tasks.stacking import stack_tasks
+
+NUM_CLASSES = {"mnist1d": 10, "digits": 10}
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPFamily(TaskFamily):
+    """MLP classifiers on small device-resident datasets.
+
+    Static choices are drawn uniformly from the tuples; init_scale log-uniformly from
+    `init_scale_range`. `data_dir` None means the default data dir.
+    """
+
+    datasets: tuple[str, ...] = ("mnist1d", "digits")
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    depths: tuple[int, ...] = (2, 3, 4)
+    activations: tuple[str, ...] = ("relu", "gelu", "tanh")
+    batch_sizes: tuple[int, ...] = (32, 64, 128)
+    horizons: tuple[int, ...] = (250, 500, 1000)
+    init_scale_range: tuple[float, float] = (0.5, 2.0)
+    parametrization: str = "mup"
+    base_width: int = 64
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        for field in ("datasets", "widths", "depths", "activations", "batch_sizes", "horizons"):
+            if not getattr(self, field):
+                raise ValueError(f"MLPFamily.{field} is empty; give at least one choice.")
+        unknown = [d for d in self.datasets if d not in NUM_CLASSES]
+        if unknown:
+            raise ValueError(f"MLPFamily datasets {unknown} unsupported; expected a subset "
+                             f"of {sorted(NUM_CLASSES)}.")
+        low, high = self.init_scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"init_scale_range must satisfy 0 < low <= high, got "
+                             f"{self.init_scale_range}.")
+
+    def _rng(self, key: jax.Array) -> np.random.Generator:
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.key_data(key)
+        return np.random.default_rng(np.asarray(key).ravel().tolist())
+
+    def sample_spec(self, key: jax.Array) -> ClassificationSpec:
+        """A task spec (static choices + one init scale); deterministic in `key`."""
+        rng = self._rng(key)
+        dataset = self.datasets[rng.integers(len(self.datasets))]
+        model = MLPConfig(
+            width=int(rng.choice(self.widths)), depth=int(rng.choice(self.depths)),
+            num_classes=NUM_CLASSES[dataset],
+            activation=self.activations[rng.integers(len(self.activations))],
+            parametrization=self.parametrization, base_width=self.base_width)
+        return ClassificationSpec(
+            dataset=dataset, model=model, batch_size=int(rng.choice(self.batch_sizes)),
+            horizon=int(rng.choice(self.horizons)), init_scale=self._init_scale(rng))
+
+    def _init_scale(self, rng: np.random.Generator) -> float:
+        low, high = self.init_scale_range
+        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+    def sample(self, key: jax.Array) -> Task:
+        return self.sample_spec(key).build(self.data_dir)
+
+    def sample_population(self, key: jax.Array, size: int) -> Task:
+        """`size` tasks with one static config and per-member init scales, stacked."""
+        if size < 1:
+            raise ValueError(f"population size must be >= 1, got {size}.")
+        task = self.sample(key)
+        rng = self._rng(jax.random.fold_in(key, 1))
+        scales = [self._init_scale(rng) for _ in range(size)]
+        return stack_tasks([task.replace(init_scale=jnp.float32(s)) for s in scales])
