@@ -7,10 +7,13 @@ built. Public names are re-exported here.
 from tasks.base import Task, TaskFamily, TaskInfo
 from tasks.classification import ClassificationTask, make_classification_task
 from tasks.families import MLPFamily
+from tasks.language_model import LanguageModelTask, make_language_model_task
 from tasks.specs import ClassificationSpec, LanguageModelSpec
 from tasks.stacking import stack_tasks
+from tasks.suites import FAMILIES, SUITES, SuiteEntry
 
 __all__ = [
+    "FAMILIES", "SUITES", "SuiteEntry", "LanguageModelTask", "make_language_model_task",
     "ClassificationSpec", "ClassificationTask", "LanguageModelSpec", "MLPFamily", "Task",
     "TaskFamily", "TaskInfo", "make_classification_task", "stack_tasks",
 ]
