@@ -9,6 +9,7 @@ fails at load time with the full key path and the expected type; the result is a
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -127,6 +128,8 @@ _SUBCONFIGS = {"UnrollConfig": UnrollConfig, "OuterConfig": OuterConfig}
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> MetaTrainConfig:
     """The recipe at `path` (YAML) with dotted `key=value` overrides, validated and typed."""
+    if path is not None and not os.path.isfile(path):
+        raise ConfigError(f"recipe {path!r} does not exist; pass a YAML file such as configs/smoke.yaml.")
     merged = _schema()
     bad = [o for o in overrides if "=" not in o]
     if bad:

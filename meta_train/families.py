@@ -21,6 +21,7 @@ def _from_tasks_package(name: str) -> Callable[..., Any]:
                 f"task family {name!r} is not exported by the `tasks` package yet; "
                 "use tasks.family=quadratic or update the `tasks` package."
             )
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
         if dataclasses.is_dataclass(family) and not isinstance(family, type):
             return dataclasses.replace(family, **kwargs) if kwargs else family
         if callable(family):
@@ -35,6 +36,7 @@ def _from_tasks_package(name: str) -> Callable[..., Any]:
 TASK_FAMILIES: dict[str, Callable[..., Any]] = {
     "quadratic": QuadraticFamily,
     "meta_train_small": _from_tasks_package("meta_train_small"),
+    "mlp": _from_tasks_package("MLPFamily"),
 }
 
 

@@ -102,7 +102,7 @@ def outer_step(
     leaves = jax.tree.leaves(grad)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
     grad = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grad)
-    grad_norm = optax.global_norm(grad)
+    grad_norm = optax.tree.norm(grad)
     updates, new_outer = tx.update(grad, state.outer_state, state.theta)
     new_theta = optax.apply_updates(state.theta, updates)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -123,6 +123,6 @@ def outer_step(
     metrics = dict(estimator_metrics)
     metrics.update({k: v for k, v in events.items() if k.startswith("outer/")})
     metrics["outer/grad_norm"] = grad_norm
-    metrics["outer/theta_norm"] = optax.global_norm(new_state.theta)
+    metrics["outer/theta_norm"] = optax.tree.norm(new_state.theta)
     metrics.update({f"total/{k.replace('/', '_')}": v for k, v in totals.items()})
     return new_state, metrics

@@ -33,8 +33,16 @@ def stack(tasks: list[Any]) -> Any:
 
 
 def make_pool(family: Any, key: jax.Array, size: int) -> Any:
-    """`size` tasks from `family`, stacked (leading axis = size)."""
+    """`size` tasks from `family`, stacked (leading axis = size).
+
+    Families whose static choices vary (model width, dataset, ...) provide
+    `sample_population(key, size)`: one static configuration with per-task array leaves (init
+    scale, ...), which is what a pool needs. Different workers get different keys, hence
+    different configurations, so the whole population still covers the family.
+    """
     if size < 1:
         raise ValueError(f"pool size={size}; expected >= 1.")
+    if hasattr(family, "sample_population"):
+        return family.sample_population(key, size)
     keys = jax.random.split(key, size)
     return stack([family.sample(k) for k in keys])

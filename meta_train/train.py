@@ -47,7 +47,7 @@ class Run:
     config: MetaTrainConfig
     arch: Any
     family: Any
-    pool: Any
+    pools: list[Any]
     estimator: Any
     tx: Any
     learner: learner_lib.LearnerState
@@ -79,7 +79,6 @@ def build_run(config: MetaTrainConfig, *, arch: Any = None) -> Run:
         arch = families.make_architecture(config.optimizer.architecture, config.optimizer.kwargs)
     family = families.make_family(config.tasks.family, config.tasks.kwargs)
     base = jax.random.PRNGKey(config.run.seed)
-    pool = pool_lib.make_pool(family, jax.random.fold_in(base, 0), config.tasks.pool_size)
     theta = arch.init_theta(jax.random.fold_in(base, 1))
     est = config.estimator
     if est.num_workers < 1:
@@ -88,12 +87,18 @@ def build_run(config: MetaTrainConfig, *, arch: Any = None) -> Run:
         est.name, arch=arch, unroll=config.unroll, num_pairs=est.num_pairs, sigma=est.sigma
     )
     tx = learner_lib.make_outer_optimizer(config.outer, config.run.num_steps)
-    workers = [
-        LocalWorker(estimator, pool, theta, jax.random.fold_in(jax.random.fold_in(base, 2), i))
+    # Each worker has its own pool (its own task configuration for families with static
+    # choices) and its own share of the population.
+    pools = [
+        pool_lib.make_pool(family, jax.random.fold_in(jax.random.fold_in(base, 0), i), config.tasks.pool_size)
         for i in range(est.num_workers)
     ]
+    workers = [
+        LocalWorker(estimator, p, theta, jax.random.fold_in(jax.random.fold_in(base, 2), i))
+        for i, p in enumerate(pools)
+    ]
     learner = learner_lib.init_learner(tx, theta, jax.random.fold_in(base, 3))
-    return Run(config, arch, family, pool, estimator, tx, learner, workers)
+    return Run(config, arch, family, pools, estimator, tx, learner, workers)
 
 
 def _merge_worker_metrics(per_worker: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""The driver end to end: learning, resume after a kill, export, metrics files, CLI, configs."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from toy_lopt import MomentumLOpt
+
+import learned_opt
+from meta_train import cli, metrics as metrics_lib
+from meta_train.config import ConfigError, load_config
+from meta_train.train import WorkdirError, meta_train
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMOKE = os.path.join(REPO, "configs", "smoke.yaml")
+
+TOY_OVERRIDES = [
+    "tasks.kwargs.dim=4", "tasks.pool_size=4", "estimator.num_pairs=8", "estimator.sigma=0.01",
+    "unroll.truncation_length=4", "unroll.min_horizon=16", "unroll.max_horizon=48",
+    "run.progress=false", "run.checkpoint_every=100",
+]
+
+
+def toy_config(*extra):
+    return load_config(SMOKE, TOY_OVERRIDES + list(extra))
+
+
+def test_meta_loss_falls_with_toy_optimizer(tmp_path):
+    """Starting from a learning rate 20x too small, PES raises it and the meta-loss falls."""
+    config = toy_config("run.num_steps=60", "outer.learning_rate=0.1", "outer.warmup_steps=0")
+    result = meta_train(config, str(tmp_path), arch=MomentumLOpt(init_lr=0.005))
+    rows = metrics_lib.read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+    loss = np.array([r["meta_loss"] for r in rows])
+    assert len(rows) == 60 and [r["step"] for r in rows] == list(range(1, 61))
+    assert loss[-15:].mean() < 0.7 * loss[:15].mean()
+    assert float(result.theta["log_lr"]) > np.log(0.005) + 0.5
+    assert result.export_path is None  # the toy architecture is not exportable; MLPLOpt is
+
+
+def test_resumed_run_ends_with_same_theta_as_uninterrupted(tmp_path):
+    config = toy_config("run.num_steps=6", "estimator.name=pes")
+    arch = MomentumLOpt()
+    full = meta_train(config, str(tmp_path / "full"), arch=arch)
+
+    def kill_at_3(step, metrics):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(config, str(tmp_path / "killed"), arch=arch, on_step=kill_at_3)
+    assert sorted(os.listdir(tmp_path / "killed" / "checkpoints")) == ["3"]  # saved at exit
+    with pytest.raises(WorkdirError, match="--resume"):
+        meta_train(config, str(tmp_path / "killed"), arch=arch)
+    resumed = meta_train(config, str(tmp_path / "killed"), arch=arch, resume=True)
+    assert resumed.step == 6
+    for a, b in zip(jax.tree.leaves(full.theta), jax.tree.leaves(resumed.theta)):
+        np.testing.assert_array_equal(a, b)
+    rows = metrics_lib.read_jsonl(str(tmp_path / "killed" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_cli_smoke_with_mlp_lopt_exports_loadable_theta(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    rc = cli.main(["meta-train", SMOKE, "--workdir", workdir, "run.num_steps=3",
+                   "run.checkpoint_every=2", "run.progress=false"])
+    assert rc == 0
+    arch, theta, meta = learned_opt.load_theta(os.path.join(workdir, "theta.safetensors"))
+    assert isinstance(arch, learned_opt.MLPLOpt)
+    assert meta["meta_train_step"] == 3 and meta["recipe"]["run"]["num_steps"] == 3
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(theta))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
+    rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert {"meta_loss", "outer/grad_norm", "total/unroll_diverged", "perf/inner_steps_per_s"} <= set(rows[-1])
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    assert "exported learned optimizer" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "quickstart.yaml"])
+def test_shipped_configs_load(name):
+    config = load_config(os.path.join(REPO, "configs", name))
+    assert config.run.num_steps > 0
+    assert dataclasses.is_dataclass(config.unroll)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("unroll.truncaton_length=3", "unknown key 'unroll.truncaton_length'"),
+        ("unroll.truncation_length=abc", "'unroll.truncation_length': expected int"),
+        ("run.progress=maybe", "'run.progress': expected bool"),
+        ("outer.learning_rate=fast", "'outer.learning_rate': expected float"),
+        ("unroll.meta_loss=median", "meta_loss='median'"),
+        ("estimator.num_pairs", "not of the form key.sub=value"),
+    ],
+)
+def test_bad_config_names_key_and_expected_type(override, expected):
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+        load_config(SMOKE, [override])
+
+
+def test_cli_reports_config_errors(capsys, tmp_path):
+    rc = cli.main(["meta-train", SMOKE, "--workdir", str(tmp_path), "estimator.nme=pes"])
+    assert rc == 2
+    assert "estimator.nme" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""Population mechanics (horizons, staggering, resets, shared batches) and divergence handling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from toy_lopt import MomentumLOpt
+
+from meta_train import learner as learner_lib
+from meta_train import pool as pool_lib
+from meta_train import population
+from meta_train.estimators import ESTIMATORS
+from meta_train.unroll import UnrollConfig
+from tasks.quadratic import QuadraticFamily
+
+FAMILY = QuadraticFamily(dim=4, min_curvature=0.5, max_curvature=2.0, noise_std=0.1)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return pool_lib.make_pool(FAMILY, jax.random.PRNGKey(0), 8)
+
+
+def test_horizons_log_uniform_multiples_of_k_and_staggered(pool):
+    cfg = UnrollConfig(truncation_length=5, min_horizon=10, max_horizon=400, stagger=True)
+    states = population.init_population(MomentumLOpt(), cfg, pool, jax.random.PRNGKey(1), 512, 1)
+    horizon = np.asarray(states.horizon[:, 0])
+    step = np.asarray(states.step[:, 0])
+    assert np.all(horizon % 5 == 0) and horizon.min() >= 10 and horizon.max() <= 400
+    # log-uniform: about half the mass below the geometric mean (63), not the arithmetic (205).
+    assert 0.4 < np.mean(horizon < 63) < 0.6
+    assert np.all(step % 5 == 0) and np.all(step < horizon)
+    phase = step / horizon
+    assert np.histogram(phase, bins=4, range=(0, 1))[0].min() > 50  # every phase is covered
+    assert len(np.unique(np.asarray(states.task_index))) == 8  # every pool task is used
+
+
+def test_members_reset_at_horizon_with_new_seed(pool):
+    arch = MomentumLOpt()
+    cfg = UnrollConfig(truncation_length=4, min_horizon=8, max_horizon=8, stagger=False)
+    est = ESTIMATORS["pes"](arch=arch, unroll=cfg, num_pairs=16, sigma=0.01)
+    theta = arch.init_theta(None)
+    states = est.init_states(theta, pool, jax.random.PRNGKey(0))
+    estimate = jax.jit(est.estimate)
+    rng0 = np.asarray(states.unroll.rng)
+    resets = []
+    for i in range(3):
+        _, states, metrics = estimate(theta, pool, states, jax.random.PRNGKey(i))
+        resets.append(float(metrics["unroll/resets"]))
+    assert resets == [0.0, 0.0, 16.0]  # the third truncation starts new episodes for everyone
+    assert np.all(np.asarray(states.unroll.step) == 4)
+    assert not np.any(np.all(np.asarray(states.unroll.rng) == rng0, axis=-1))
+    # the PES accumulator restarted: it holds only this truncation's perturbation (~sigma).
+    assert float(jnp.max(jnp.abs(states.accum["log_lr"]))) < 0.05
+
+
+def test_antithetic_branches_share_batches(pool):
+    """With sigma=0 the + and - branches are identical runs, so PES returns exactly zero."""
+    arch = MomentumLOpt()
+    cfg = UnrollConfig(truncation_length=3, min_horizon=6, max_horizon=30)
+    est = ESTIMATORS["pes"](arch=arch, unroll=cfg, num_pairs=4, sigma=1e-30)
+    theta = arch.init_theta(None)
+    states = est.init_states(theta, pool, jax.random.PRNGKey(0))
+    _, states, metrics = jax.jit(est.estimate)(theta, pool, states, jax.random.PRNGKey(1))
+    w = np.asarray(states.unroll.params["w"])
+    np.testing.assert_array_equal(w[:, 0], w[:, 1])
+
+
+def _mixed_pool():
+    """Half the pool is benign, half has curvature 1e4: lr 0.05 makes those explode."""
+    calm = [FAMILY.sample(jax.random.PRNGKey(i)) for i in range(4)]
+    wild = [t.replace(curvature=t.curvature * 1e4) for t in calm]
+    return pool_lib.stack(calm + wild)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_diverging_members_are_dropped_counted_and_reset(name):
+    pool = _mixed_pool()
+    arch = MomentumLOpt()
+    cfg = UnrollConfig(truncation_length=5, min_horizon=50, max_horizon=50, stagger=False)
+    est = ESTIMATORS[name](arch=arch, unroll=cfg, num_pairs=32, sigma=0.01)
+    theta = arch.init_theta(None)
+    states = est.init_states(theta, pool, jax.random.PRNGKey(0))
+    estimate = jax.jit(est.estimate)
+    grad, states, m1 = estimate(theta, pool, states, jax.random.PRNGKey(1))
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
+    assert 0 < float(m1["unroll/diverged"]) < 32
+    assert float(m1["grad/dropped"]) == float(m1["unroll/diverged"])
+    assert float(m1["meta_loss"]) < 10  # diverged members do not leak into the reported loss
+    assert any(float(jnp.abs(g)) > 0 for g in jax.tree.leaves(grad))  # the calm ones still count
+    _, _, m2 = estimate(theta, pool, states, jax.random.PRNGKey(2))
+    assert float(m2["unroll/resets"]) >= float(m1["unroll/diverged"])
+
+
+def test_all_members_diverging_gives_zero_gradient():
+    pool = _mixed_pool()
+    pool = jax.tree.map(lambda x: x[4:], pool)  # only the wild ones
+    arch = MomentumLOpt()
+    cfg = UnrollConfig(truncation_length=5, min_horizon=50, max_horizon=50, stagger=False)
+    est = ESTIMATORS["tbptt"](arch=arch, unroll=cfg, num_pairs=4)
+    theta = arch.init_theta(None)
+    states = est.init_states(theta, pool, jax.random.PRNGKey(0))
+    grad, _, m = jax.jit(est.estimate)(theta, pool, states, jax.random.PRNGKey(1))
+    assert float(m["grad/dropped"]) == 4
+    assert all(float(jnp.abs(g)) == 0.0 for g in jax.tree.leaves(grad))
+
+
+def _estimator_metrics():
+    return {"unroll/resets": 0.0, "unroll/diverged": 1.0, "grad/dropped": 1.0}
+
+
+def test_outer_step_skips_nonfinite_and_clips_huge_gradients():
+    cfg = learner_lib.OuterConfig(learning_rate=0.1, warmup_steps=0, clip_norm=1.0)
+    tx = learner_lib.make_outer_optimizer(cfg, 10)
+    theta = {"a": jnp.ones(3)}
+    state = learner_lib.init_learner(tx, theta, jax.random.PRNGKey(0))
+    step = jax.jit(lambda s, g, m: learner_lib.outer_step(tx, cfg.clip_norm, s, g, m))
+
+    state1, m = step(state, {"a": jnp.array([1.0, jnp.nan, 0.0])}, _estimator_metrics())
+    np.testing.assert_array_equal(state1.theta["a"], theta["a"])
+    assert float(m["outer/nonfinite_grad"]) == 1.0 and float(m["outer/clipped"]) == 0.0
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state1.outer_state))
+
+    state2, m = step(state1, {"a": jnp.array([1e30, 0.0, 0.0])}, _estimator_metrics())
+    assert float(m["outer/clipped"]) == 1.0
+    assert np.all(np.isfinite(state2.theta["a"]))
+    assert float(jnp.max(jnp.abs(state2.theta["a"] - 1.0))) <= 0.1 + 1e-6  # one AdamW step
+    assert float(state2.totals["outer/nonfinite_grad"]) == 1.0
+    assert float(state2.totals["outer/clipped"]) == 1.0
+    assert float(state2.totals["unroll/diverged"]) == 2.0
