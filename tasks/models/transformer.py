@@ -28,7 +28,9 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         _, T, D = x_BxTxD.shape
         head_dim = D // self.num_heads
-        qkv = nn.DenseGeneral((3, self.num_heads, head_dim), name="qkv")(x_BxTxD)
+        # Plain (in, out) kernels, so fan_in = shape[-2] holds for mu-P learning-rate scaling.
+        qkv = nn.Dense(3 * D, name="qkv")(x_BxTxD).reshape(*x_BxTxD.shape[:2], 3,
+                                                          self.num_heads, head_dim)
         q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         scale = attention_scale(self.parametrization, head_dim, self.base_head_dim)
         logits_BxHxTxT = jnp.einsum("bqhk,bthk->bhqt", q_BxTxHxK, k_BxTxHxK) * scale
@@ -36,7 +38,7 @@ class CausalSelfAttention(nn.Module):
         logits_BxHxTxT = jnp.where(causal_TxT, logits_BxHxTxT, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits_BxHxTxT, axis=-1)
         out_BxTxHxK = jnp.einsum("bhqt,bthk->bqhk", weights, v_BxTxHxK)
-        return nn.DenseGeneral(D, axis=(-2, -1), name="out")(out_BxTxHxK)
+        return nn.Dense(D, name="out")(out_BxTxHxK.reshape(*out_BxTxHxK.shape[:2], D))
 
 
 class Block(nn.Module):
