@@ -4,16 +4,16 @@ Importing this package loads no data; datasets are read (and local ones built) w
 built. Public names are re-exported here.
 """
 
-from tasks.base import Task, TaskFamily, TaskInfo
+from tasks.base import Task, TaskFamily, TaskInfo, held_out_loss
 from tasks.classification import ClassificationTask, make_classification_task
 from tasks.families import MLPFamily
 from tasks.language_model import LanguageModelTask, make_language_model_task
 from tasks.specs import ClassificationSpec, LanguageModelSpec
 from tasks.stacking import stack_tasks
-from tasks.suites import FAMILIES, SUITES, SuiteEntry
+from tasks.suites import FAMILIES, SUITES, SuiteEntry, meta_train_small
 
 __all__ = [
-    "FAMILIES", "SUITES", "SuiteEntry", "LanguageModelTask", "make_language_model_task",
+    "held_out_loss", "meta_train_small", "FAMILIES", "SUITES", "SuiteEntry", "LanguageModelTask", "make_language_model_task",
     "ClassificationSpec", "ClassificationTask", "LanguageModelSpec", "MLPFamily", "Task",
     "TaskFamily", "TaskInfo", "make_classification_task", "stack_tasks",
 ]

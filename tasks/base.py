@@ -12,7 +12,8 @@ are shapes, names and other Python values. Because it is a pytree:
 Everything a meta-training unroll needs runs inside `jit` with no host round trip:
 `init(key)`, `sample_batch(key, split=...)` and `loss(params, batch)`. The held-out loss of a
 training run is `eval_loss(params)`: the mean loss over a fixed slice of the test split (the
-same examples every call, so curves are comparable across steps and optimizers).
+same examples every call, so curves are comparable across steps and optimizers). `eval_loss` is
+optional (not part of the runtime-checked Protocol); `held_out_loss` falls back to one test batch.
 """
 
 from __future__ import annotations
@@ -57,8 +58,16 @@ class Task(Protocol):
     def sample_batch(self, key: jax.Array, *, split: str = "train") -> Batch:
         """A batch drawn inside jit from device-resident data; split is "train" or "test"."""
 
-    def eval_loss(self, params: Params) -> jax.Array:
-        """Mean loss over a fixed held-out slice of the test split (f32 scalar); jittable."""
+
+def held_out_loss(task: Task, params: Params, key: jax.Array | None = None) -> jax.Array:
+    """`task.eval_loss(params)` when the task has one, else the loss on one test batch (`key`)."""
+    eval_loss = getattr(task, "eval_loss", None)
+    if eval_loss is not None:
+        return eval_loss(params)
+    if key is None:
+        raise ValueError(f"{type(task).__name__} has no eval_loss; pass a key so "
+                         "held_out_loss can sample a test batch.")
+    return task.loss(params, task.sample_batch(key, split="test"))
 
 
 class TaskFamily(abc.ABC):

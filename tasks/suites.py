@@ -24,9 +24,12 @@ from tasks.models.transformer import TransformerConfig
 from tasks.specs import ClassificationSpec, LanguageModelSpec
 
 
-def meta_train_small() -> MLPFamily:
-    """MLPs on MNIST-1D and digits: widths 32..256, depths 2..4, batch 32..128, mu-P."""
-    return MLPFamily()
+def meta_train_small(**overrides) -> MLPFamily:
+    """MLPs on MNIST-1D and digits: widths 32..256, depths 2..4, batch 32..128, mu-P.
+
+    `overrides` replace `MLPFamily` fields (e.g. `data_dir=...`, `widths=(32, 64)`).
+    """
+    return MLPFamily(**overrides)
 
 
 FAMILIES = {"meta_train_small": meta_train_small}

@@ -4,8 +4,9 @@ from tasks.data.catalog import DATASETS, LOCAL_DATASETS, DatasetSpec, get_spec
 from tasks.data.device_data import ArrayData
 from tasks.data.loading import load_arrays, load_tokens, prepare
 from tasks.data.paths import DatasetNotPreparedError, default_data_dir
+from tasks.data.streaming import TruncationStream
 
 __all__ = [
     "ArrayData", "DATASETS", "DatasetNotPreparedError", "DatasetSpec", "LOCAL_DATASETS",
-    "default_data_dir", "get_spec", "load_arrays", "load_tokens", "prepare",
+    "TruncationStream", "default_data_dir", "get_spec", "load_arrays", "load_tokens", "prepare",
 ]

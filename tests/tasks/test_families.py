@@ -46,3 +46,17 @@ def test_family_rejects_bad_config():
         MLPFamily(widths=())
     with pytest.raises(ValueError, match="cifar10"):
         MLPFamily(datasets=("cifar10",))
+
+
+def test_meta_train_small_factory_takes_overrides_and_quadratic_fallback(data_dir):
+    import tasks
+    from tasks.quadratic import QuadraticFamily
+
+    family = tasks.meta_train_small(data_dir=data_dir, widths=(32,))
+    assert family.widths == (32,) and family.data_dir == data_dir
+    quad = QuadraticFamily().sample(jax.random.key(0))
+    params = quad.init(jax.random.key(1))
+    assert isinstance(quad, tasks.Task)
+    with pytest.raises(ValueError, match="pass a key"):
+        tasks.held_out_loss(quad, params)
+    assert jnp.isfinite(tasks.held_out_loss(quad, params, jax.random.key(2)))

@@ -64,14 +64,20 @@ def coordinate_check(name, width, parametrization):
     lr_mult = (mup.adam_lr_multipliers(params, NARROW) if parametrization == "mup"
                else jax.tree.map(lambda _: 1.0, params))
     opt = optax.adam(LR)
-    state = opt.init(params)
-    out0, h0 = forward(params)
-    new = params
-    for _ in range(STEPS):
-        grads = jax.grad(lambda p: xent(forward(p)[0], y))(new)
-        updates, state = opt.update(grads, state, new)
-        new = optax.apply_updates(new, jax.tree.map(lambda u, m: u * m, updates, lr_mult))
-    out1, h1 = forward(new)
+
+    @jax.jit
+    def train(params):
+        def step(carry, _):
+            p, state = carry
+            grads = jax.grad(lambda p: xent(forward(p)[0], y))(p)
+            updates, state = opt.update(grads, state, p)
+            updates = jax.tree.map(lambda u, m: u * m, updates, lr_mult)
+            return (optax.apply_updates(p, updates), state), None
+
+        (new, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=STEPS)
+        return forward(params), forward(new)
+
+    (out0, h0), (out1, h1) = train(params)
     return {"hidden": rms(h0), "d_hidden": rms(h1 - h0), "d_out": rms(out1 - out0)}
 
 
