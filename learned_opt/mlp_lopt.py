@@ -16,8 +16,11 @@ with `init_like_adam`, the initial optimizer is per-tensor-normalized Adam (beta
 beta2 = rms_decay) with learning rate step_mult, and the MLP, whose last layer starts small,
 learns corrections. Meta-training starts from a working optimizer instead of noise.
 
-This module is the straightforward per-leaf implementation: clear, and the reference that faster
-implementations are tested against.
+Two implementations of the network share everything else (state, theta, features):
+"reference" stacks each tensor's features and uses matmuls (clear; the one others are tested
+against; the right choice for large hidden sizes and on matrix units), "fused"
+(learned_opt.fused) evaluates it elementwise without materializing features (several times
+faster on CPU for small networks).
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ import jax.numpy as jnp
 from learned_opt import accumulators as acc_lib
 from learned_opt import features as feat_lib
 from learned_opt import mup
+from learned_opt import fused
 from learned_opt.tree_util import matrix_shape
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_IMPLS = ("fused", "reference")
 
 
 class MLPLOptState(NamedTuple):
@@ -57,6 +62,10 @@ class MLPLOpt:
     mup: scale each tensor's update by mu-P (learned_opt.mup), relative to `base_fan_in`.
     accumulator_dtype: "float32" or "bfloat16" storage for the statistics (math is f32).
     init_like_adam: start theta as per-tensor-normalized Adam (see module docstring).
+    out_init_scale: std of the last layer at init, relative to 1/sqrt(fan_in): small, so the MLP
+        starts as a small correction.
+    impl: "reference" (stacked features, matmuls) or "fused" (elementwise, small networks only;
+        learned_opt.fused). Same state, same theta, same result to float tolerance.
     """
 
     name: ClassVar[str] = "mlp_lopt"
@@ -75,6 +84,7 @@ class MLPLOpt:
     accumulator_dtype: str = "float32"
     init_like_adam: bool = True
     out_init_scale: float = 1e-2
+    impl: str = "reference"
 
     def __post_init__(self):
         # Accept lists (from JSON / YAML) but store tuples so the dataclass stays hashable.
@@ -103,6 +113,17 @@ class MLPLOpt:
         if self.accumulator_dtype not in _DTYPES:
             raise ValueError(
                 f"MLPLOpt.accumulator_dtype={self.accumulator_dtype!r}: expected one of {list(_DTYPES)}."
+            )
+        if self.impl not in _IMPLS:
+            raise ValueError(f"MLPLOpt.impl={self.impl!r}: expected one of {_IMPLS}.")
+        macs = self.num_features * self.hidden_sizes[0] + sum(
+            a * b for a, b in zip(self.hidden_sizes[:-1], self.hidden_sizes[1:])
+        )
+        if self.impl == "fused" and macs > fused.MAX_UNROLLED_MACS:
+            raise ValueError(
+                f"MLPLOpt(impl='fused') unrolls the network elementwise, for small networks only: "
+                f"hidden_sizes={self.hidden_sizes} needs {macs} multiply-adds per parameter, over "
+                f"the limit {fused.MAX_UNROLLED_MACS}. Use impl='reference' or smaller hidden sizes."
             )
         if not isinstance(self.base_fan_in, int) or self.base_fan_in < 1:
             raise ValueError(f"MLPLOpt.base_fan_in={self.base_fan_in!r}: expected a positive int.")
@@ -243,35 +264,36 @@ class MLPLOpt:
             self.rms_decay,
             jnp.asarray(self.adafactor_decays, jnp.float32),
         )
-        feat_NxF = self._tensor_features(p_RxC, g_RxC, acc).reshape(rows * cols, -1)
-        feat_NxF = feat_lib.normalize_per_tensor(feat_NxF)
-        direction_N, log_mag_N = self._mlp(theta, first_bias_H, feat_NxF)
+        feats = self._tensor_features(p_RxC, g_RxC, acc)
+        if self.impl == "fused":
+            direction, log_mag = fused.network(theta, first_bias_H, feats, self.num_tensor_features)
+        else:
+            feat_NxF = feat_lib.normalize_per_tensor(jnp.stack(feats, axis=-1).reshape(rows * cols, -1))
+            direction, log_mag = self._mlp(theta, first_bias_H, feat_NxF)
         scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
-        step_N = direction_N * jnp.exp(self.exp_mult * log_mag_N) * (self.step_mult * scale)
-        return step_N.reshape(shape).astype(p.dtype), acc
+        step = direction * jnp.exp(self.exp_mult * log_mag) * (self.step_mult * scale)
+        return step.reshape(shape).astype(p.dtype), acc
 
-    def _tensor_features(self, p_RxC, g_RxC, acc: acc_lib.LeafAccumulators) -> jax.Array:
+    def _tensor_features(self, p_RxC, g_RxC, acc: acc_lib.LeafAccumulators) -> list[jax.Array]:
+        """The per-tensor features, each an (R, C) array, in `feature_names()` order."""
         eps = feat_lib.RSQRT_EPS
-        m_MxRxC = acc.momentum_MxRxC.astype(jnp.float32)
-        rsqrt_v_RxC = jax.lax.rsqrt(acc.rms_RxC.astype(jnp.float32) + eps)
+        m = [acc.momentum_MxRxC[k].astype(jnp.float32) for k in range(len(self.momentum_decays))]
+        rsqrt_v = jax.lax.rsqrt(acc.rms_RxC.astype(jnp.float32) + eps)
         row_AxR = acc.row_AxR.astype(jnp.float32)
         col_AxC = acc.col_AxC.astype(jnp.float32)
-        rsqrt_fac_AxRxC = jax.lax.rsqrt(acc_lib.factored_second_moment(row_AxR, col_AxC, eps) + eps)
-        n_a = row_AxR.shape[0]
-        rows, cols = g_RxC.shape
-        chans = [
-            p_RxC[None],
-            g_RxC[None],
-            jnp.clip(g_RxC, -0.1, 0.1)[None],
-            m_MxRxC,
-            rsqrt_v_RxC[None],
-            m_MxRxC * rsqrt_v_RxC[None],
-            g_RxC[None] * rsqrt_fac_AxRxC,
-            jnp.broadcast_to(jax.lax.rsqrt(row_AxR + eps)[:, :, None], (n_a, rows, cols)),
-            jnp.broadcast_to(jax.lax.rsqrt(col_AxC + eps)[:, None, :], (n_a, rows, cols)),
-            m_MxRxC * rsqrt_fac_AxRxC[-1][None],
-        ]
-        return jnp.moveaxis(jnp.concatenate(chans, axis=0), 0, -1)  # R x C x F
+        rsqrt_fac = list(jax.lax.rsqrt(acc_lib.factored_second_moment(row_AxR, col_AxC, eps) + eps))
+        rsqrt_row = [jnp.broadcast_to(r[:, None], g_RxC.shape) for r in jax.lax.rsqrt(row_AxR + eps)]
+        rsqrt_col = [jnp.broadcast_to(c[None, :], g_RxC.shape) for c in jax.lax.rsqrt(col_AxC + eps)]
+        return (
+            [p_RxC, g_RxC, jnp.clip(g_RxC, -0.1, 0.1)]
+            + m
+            + [rsqrt_v]
+            + [mk * rsqrt_v for mk in m]
+            + [g_RxC * r for r in rsqrt_fac]
+            + rsqrt_row
+            + rsqrt_col
+            + [mk * rsqrt_fac[-1] for mk in m]
+        )
 
     def _mlp(self, theta, first_bias_H, feat_NxF):
         layers = theta["mlp"]

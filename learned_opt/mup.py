@@ -1,12 +1,14 @@
 """mu-P scaling of learned-optimizer updates (muLO).
 
-Under mu-P with an Adam-like, per-parameter normalized update, hidden and output weight matrices
-need updates that shrink as 1/fan_in while vectors (biases, norm scales) and input-like weights,
-whose fan-in does not grow with width, keep a width-independent step (Yang et al., Tensor
-Programs V, table 3; Therien et al., muLO). The learned optimizer multiplies each tensor's update by
+Under mu-P with an Adam-like, per-parameter normalized update, hidden weight matrices need
+updates that shrink as 1/fan_in, while vectors (biases, norm scales), input-like weights (whose
+fan-in does not grow with width) and the readout keep a width-independent step. That is the
+convention of the `mup` package (Tensor Programs V; used by muLO, Therien et al. 2024), where the
+readout's forward pass carries the 1/width output multiplier, so its update must not be scaled
+again; `tasks/` models follow it. The learned optimizer multiplies each tensor's update by
 
-    scale = base_fan_in / fan_in   for roles "hidden" and "output"
-    scale = 1                      for roles "input", "vector" and "embedding"
+    scale = base_fan_in / fan_in   for the role "hidden"
+    scale = 1                      for "input", "output" (readout), "vector" and "embedding"
 
 so that at fan_in == base_fan_in (the width it was meta-trained at) nothing changes.
 
@@ -17,6 +19,8 @@ Roles are inferred from shapes unless given explicitly:
   dense kernels are (in, out), conv kernels (H, W, in, out) have fan_in = H*W*in.
   An input layer, whose fan_in is the data dimension, then gets the constant factor
   base_fan_in / d_in: not 1, but the same at every width, so transfer across widths still holds.
+* The readout cannot be told from a hidden layer by shape: give it the role "output" (for a
+  model with the mu-P output multiplier; `tasks.models.mup.param_roles` does this for tasks/).
 * Embedding tables are (vocab, d): shape inference would treat vocab as fan-in. Mark them with the
   role "embedding" (unscaled, as mu-P prescribes for input-like weights). Kernels stored
   (out, in), as in PyTorch, need explicit roles too: inference cannot see the transposition.
@@ -37,7 +41,7 @@ import jax
 from learned_opt.tree_util import matrix_shape, path_str
 
 ROLES = ("input", "hidden", "output", "vector", "embedding")
-_SCALED_ROLES = ("hidden", "output")
+_SCALED_ROLES = ("hidden",)
 
 
 def infer_role(shape: tuple[int, ...]) -> str:

@@ -15,6 +15,7 @@ def test_shape_inference_and_scales():
     assert mup.update_scale((64, 8), "hidden", 32) == 0.5
     assert mup.update_scale((3, 3, 4, 8), "hidden", 36) == 1.0  # fan_in = 3*3*4
     assert mup.update_scale((64, 8), "input", 32) == 1.0
+    assert mup.update_scale((64, 8), "output", 32) == 1.0  # the readout's multiplier does the scaling
     assert mup.update_scale((1000, 8), "embedding", 32) == 1.0
     assert mup.update_scale((64,), "hidden", 32) == 1.0  # vectors are never scaled
 
@@ -64,7 +65,7 @@ def test_roles_reach_the_update_through_to_optax():
     theta = arch.init_theta(jax.random.key(0))
     params = {"embed": jnp.ones((256, 16)), "head": jnp.ones((256, 16))}
     grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
-    tx = learned_opt.to_optax(arch, theta, roles={"embed": "embedding", "head": "output"})
+    tx = learned_opt.to_optax(arch, theta, roles={"embed": "embedding", "head": "hidden"})
     u, _ = tx.update(grads, tx.init(params), params)
     # Same gradient, same features: the only difference is the mu-P factor base/fan_in = 32/256.
     np.testing.assert_allclose(np.asarray(u["head"]), np.asarray(u["embed"]) * 32 / 256, rtol=1e-5, atol=1e-12)
