@@ -44,7 +44,8 @@ def train_curves(tx: optax.GradientTransformation, tasks: Any, num_steps: int, k
     return jax.jit(jax.vmap(one_task))(tasks, jax.random.split(key, num_tasks))
 
 
-def compare_with_adamw(arch: Any, theta: Any, family: Any, cfg) -> dict[str, Any]:
+def compare_with_adamw(arch: Any, theta: Any, family: Any, cfg, initial_theta: Any = None) -> dict[str, Any]:
+    """initial_theta (optional): also evaluate the un-trained theta, to show what was learned."""
     import learned_opt
 
     key = jax.random.PRNGKey(cfg.seed)
@@ -53,6 +54,8 @@ def compare_with_adamw(arch: Any, theta: Any, family: Any, cfg) -> dict[str, Any
         "learned": learned_opt.to_optax(arch, theta),
         f"adamw_lr{cfg.adamw_learning_rate:g}": optax.adamw(cfg.adamw_learning_rate),
     }
+    if initial_theta is not None:
+        optimizers["learned_before_meta_training"] = learned_opt.to_optax(arch, initial_theta)
     result = {}
     for name, tx in optimizers.items():
         losses, test = train_curves(tx, tasks, cfg.num_steps, jax.random.fold_in(key, 1))
@@ -66,11 +69,11 @@ def compare_with_adamw(arch: Any, theta: Any, family: Any, cfg) -> dict[str, Any
     return result
 
 
-def evaluate_and_report(arch, theta, family, cfg, workdir: str) -> dict[str, Any]:
+def evaluate_and_report(arch, theta, family, cfg, workdir: str, initial_theta=None) -> dict[str, Any]:
     """compare_with_adamw, written to workdir/eval.json and workdir/eval.png; returns a summary."""
     from meta_train import plots
 
-    result = compare_with_adamw(arch, theta, family, cfg)
+    result = compare_with_adamw(arch, theta, family, cfg, initial_theta)
     summary = {name: {k: v for k, v in r.items() if k != "curve"} for name, r in result.items()}
     with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
         json.dump({"summary": summary, "curves": {n: r["curve"] for n, r in result.items()}}, f)

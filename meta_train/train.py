@@ -10,6 +10,7 @@ Workdir layout:
     metrics.jsonl        one row per logged outer step
     tensorboard/         the same scalars
     theta.safetensors    the exported learned optimizer (when its architecture is registered)
+    meta_loss.png        the meta-loss curve
     eval.json, eval.png  learned optimizer vs AdamW (when eval.enabled)
 """
 
@@ -207,12 +208,18 @@ def meta_train(
         writer.close()
         ckpt.close()
 
+    from meta_train import plots
+
+    plots.plot_meta_loss(metrics_lib.read_jsonl(writer.path), os.path.join(workdir, "meta_loss.png"))
     export_path = _export(run, workdir, host)
     eval_summary = None
     if config.eval.enabled:
         from meta_train import quick_eval
 
-        eval_summary = quick_eval.evaluate_and_report(run.arch, run.learner.theta, run.family, config.eval, workdir)
+        initial_theta = run.arch.init_theta(jax.random.fold_in(jax.random.PRNGKey(config.run.seed), 1))
+        eval_summary = quick_eval.evaluate_and_report(
+            run.arch, run.learner.theta, run.family, config.eval, workdir, initial_theta
+        )
     return RunResult(run.arch, run.learner.theta, step, host, workdir, export_path, eval_summary)
 
 

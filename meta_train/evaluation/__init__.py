@@ -1,0 +1,1 @@
+"""Evaluation of optimizers against tuned baselines (`lopt evaluate`)."""
