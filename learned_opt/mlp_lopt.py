@@ -80,7 +80,7 @@ class MLPLOpt:
     step_mult: float = 1e-3
     exp_mult: float = 1e-3
     mup: bool = False
-    base_fan_in: int = 32
+    base_fan_in: int = 64
     accumulator_dtype: str = "float32"
     init_like_adam: bool = True
     out_init_scale: float = 1e-2

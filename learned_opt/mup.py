@@ -7,18 +7,19 @@ convention of the `mup` package (Tensor Programs V; used by muLO, Therien et al.
 readout's forward pass carries the 1/width output multiplier, so its update must not be scaled
 again; `tasks/` models follow it. The learned optimizer multiplies each tensor's update by
 
-    scale = base_fan_in / fan_in   for the role "hidden"
+    scale = base_fan_in / width    for the role "hidden", width = shape[-2] (input features)
     scale = 1                      for "input", "output" (readout), "vector" and "embedding"
 
-so that at fan_in == base_fan_in (the width it was meta-trained at) nothing changes.
+so that at width == base_fan_in (the width it was meta-trained at) nothing changes.
 
 Roles are inferred from shapes unless given explicitly:
 
 * ndim <= 1 (biases, norm scales, scalars): "vector".
-* ndim >= 2: "hidden", with fan_in = prod(shape[:-1]). This is the flax/haiku kernel convention:
-  dense kernels are (in, out), conv kernels (H, W, in, out) have fan_in = H*W*in.
-  An input layer, whose fan_in is the data dimension, then gets the constant factor
-  base_fan_in / d_in: not 1, but the same at every width, so transfer across widths still holds.
+* ndim >= 2: "hidden". Kernels follow the flax/haiku convention, dense (in, out) and conv
+  (H, W, in, out); the width is the input-feature axis shape[-2] (in channels: a conv's spatial
+  dims do not grow with width, as in the `mup` package). An input layer, whose width is the data
+  dimension, then gets the constant factor base_fan_in / d_in: not 1, but the same at every
+  model width, so transfer across widths still holds.
 * The readout cannot be told from a hidden layer by shape: give it the role "output" (for a
   model with the mu-P output multiplier; `tasks.models.mup.param_roles` does this for tasks/).
 * Embedding tables are (vocab, d): shape inference would treat vocab as fan-in. Mark them with the
@@ -38,7 +39,7 @@ from typing import Any
 
 import jax
 
-from learned_opt.tree_util import matrix_shape, path_str
+from learned_opt.tree_util import path_str
 
 ROLES = ("input", "hidden", "output", "vector", "embedding")
 _SCALED_ROLES = ("hidden",)
@@ -84,5 +85,4 @@ def update_scale(shape: tuple[int, ...], role: str, base_fan_in: int) -> float:
     """The static multiplier of one tensor's update (see module docstring)."""
     if role not in _SCALED_ROLES or len(shape) <= 1:
         return 1.0
-    fan_in, _ = matrix_shape(shape)
-    return float(base_fan_in) / float(fan_in)
+    return float(base_fan_in) / float(shape[-2])

@@ -13,7 +13,8 @@ def test_shape_inference_and_scales():
     assert mup.infer_role((5,)) == "vector" and mup.infer_role(()) == "vector"
     assert mup.infer_role((4, 8)) == "hidden" and mup.infer_role((3, 3, 4, 8)) == "hidden"
     assert mup.update_scale((64, 8), "hidden", 32) == 0.5
-    assert mup.update_scale((3, 3, 4, 8), "hidden", 36) == 1.0  # fan_in = 3*3*4
+    assert mup.update_scale((3, 3, 4, 8), "hidden", 4) == 1.0  # width = in channels, not 3*3*4
+    assert mup.update_scale((3, 3, 16, 8), "hidden", 4) == 0.25
     assert mup.update_scale((64, 8), "input", 32) == 1.0
     assert mup.update_scale((64, 8), "output", 32) == 1.0  # the readout's multiplier does the scaling
     assert mup.update_scale((1000, 8), "embedding", 32) == 1.0
