@@ -68,5 +68,6 @@ def test_roles_reach_the_update_through_to_optax():
     grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
     tx = learned_opt.to_optax(arch, theta, roles={"embed": "embedding", "head": "hidden"})
     u, _ = tx.update(grads, tx.init(params), params)
-    # Same gradient, same features: the only difference is the mu-P factor base/fan_in = 32/256.
-    np.testing.assert_allclose(np.asarray(u["head"]), np.asarray(u["embed"]) * 32 / 256, rtol=1e-5, atol=1e-12)
+    # Same gradient, same features: the only difference is the mu-P factor base / width.
+    factor = arch.base_fan_in / 256
+    np.testing.assert_allclose(np.asarray(u["head"]), np.asarray(u["embed"]) * factor, rtol=1e-5, atol=1e-12)
