@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from toy_lopt import MomentumLOpt
+from tests.meta_train.toy_lopt import MomentumLOpt
 
 from meta_train import pool as pool_lib
 from meta_train.estimators import ESTIMATORS

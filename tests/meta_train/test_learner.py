@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from toy_lopt import MomentumLOpt
+from tests.meta_train.toy_lopt import MomentumLOpt
 
 import learned_opt
 from meta_train import cli, metrics as metrics_lib

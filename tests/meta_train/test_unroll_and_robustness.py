@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from toy_lopt import MomentumLOpt
+from tests.meta_train.toy_lopt import MomentumLOpt
 
 from meta_train import learner as learner_lib
 from meta_train import pool as pool_lib
