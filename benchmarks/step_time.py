@@ -90,9 +90,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     arch = learned_opt.ARCHITECTURES[args.arch]
-    lopt = learned_opt.to_optax(arch, arch.init_theta(jax.random.key(0)))
+    theta = arch.init_theta(jax.random.key(0))
+    lopt = learned_opt.to_optax(arch, theta)
     adamw = optax.adamw(1e-3)
     print(f"device: {jax.devices()[0].device_kind}  arch: {args.arch} {arch}")
+    print(f"meta-parameters: {learned_opt.num_params(theta):,}  network: "
+          f"{' -> '.join(map(str, (arch.num_features, *arch.hidden_sizes, 2)))}")
     print(f"{'size':>6} {'params':>10} | {'full adamw':>11} {'full lopt':>11} {'ratio':>7} | "
           f"{'upd adamw':>10} {'upd lopt':>10} {'ratio':>7}")
     for size in args.sizes:
