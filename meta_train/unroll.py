@@ -156,6 +156,19 @@ def tree_all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def param_roles(arch: Any, params: Any) -> Any:
+    """mu-P roles of the inner model's tensors, for architectures that scale by them.
+
+    tasks/ models name their layers so `tasks.models.mup.param_roles` can tell input, hidden,
+    readout and vector tensors apart; the readout must not get the hidden-layer update scaling.
+    """
+    if not getattr(arch, "mup", False):
+        return None
+    from tasks.models.mup import param_roles as roles_by_name
+
+    return roles_by_name(params)
+
+
 def truncation(
     arch: Any, cfg: UnrollConfig, theta: Any, task: Any, state: UnrollState
 ) -> tuple[UnrollState, TruncationOutput]:
@@ -165,12 +178,14 @@ def truncation(
     fold_in(episode key, step), so antithetic branches see the same batches.
     """
 
+    roles = param_roles(arch, state.params)
+
     def inner_step(carry, _):
         params, opt_state, step = carry
         k_step = jax.random.fold_in(state.rng, step)
         batch = task.sample_batch(jax.random.fold_in(k_step, 0), split="train")
         loss, grads = jax.value_and_grad(task.loss)(params, batch)
-        updates, opt_state = arch.update(theta, grads, opt_state, params, loss=loss)
+        updates, opt_state = arch.update(theta, grads, opt_state, params, loss=loss, roles=roles)
         params = optax.apply_updates(params, updates)
         if cfg.meta_loss == "test":
             test_batch = task.sample_batch(jax.random.fold_in(k_step, 1), split="test")
