@@ -62,8 +62,9 @@ def _dense(x_list: list[jax.Array], w_IxO: jax.Array, b_O: jax.Array) -> list[ja
 
 def network(theta, first_bias_H: jax.Array, feats: list[jax.Array], num_tensor_features: int):
     """(direction, log_magnitude) for every element of one tensor, from its unnormalized features."""
-    inv = [jax.lax.rsqrt(ms + feat_lib.NORMALIZE_EPS) for ms in mean_squares(tuple(feats))]
-    x = [f * s for f, s in zip(feats, inv)]
+    # One (F,) vector op for all normalizers, not F scalar kernels (they dominate small tensors).
+    inv_F = jax.lax.rsqrt(jnp.stack(mean_squares(tuple(feats))) + feat_lib.NORMALIZE_EPS)
+    x = [f * inv_F[k] for k, f in enumerate(feats)]
     layers = theta["mlp"]
     h = [jax.nn.relu(v) for v in _dense(x, layers[0]["w"][:num_tensor_features], first_bias_H)]
     for layer in layers[1:-1]:
