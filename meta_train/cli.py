@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Callable
 
+from meta_train.evaluation.cli import add_evaluate
+
 
 def _add_meta_train(subparsers) -> None:
     p = subparsers.add_parser(
@@ -56,7 +58,7 @@ def _print_summary(result) -> None:
                           f"final test loss {s['final_test_loss']:.4g}")
 
 
-SUBCOMMANDS: list[Callable] = [_add_meta_train]
+SUBCOMMANDS: list[Callable] = [_add_meta_train, add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
