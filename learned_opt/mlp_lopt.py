@@ -3,7 +3,9 @@
 For every scalar parameter, a small MLP reads features of its gradient history and emits a
 direction d and a log-magnitude s; the update is
 
-    update = d * exp(exp_mult * s) * step_mult * mup_scale(tensor)
+    update = d * exp(exp_mult * s + log_step) * step_mult * mup_scale(tensor)
+
+where log_step is a learned scalar (0 at init).
 
 Features (per tensor, normalized per tensor; `feature_names()` lists them in order):
 parameter, gradient, clipped gradient, momenta at several decays, rsqrt of the second moment,
@@ -186,7 +188,9 @@ class MLPLOpt:
         skip_F = jnp.zeros((self.num_tensor_features,), jnp.float32)
         if self.init_like_adam:
             skip_F = skip_F.at[self._adam_feature_index()].set(-1.0)
-        return {"mlp": layers, "skip": skip_F}
+        # A learned global log step size: meta-training can rescale every update quickly,
+        # which the MLP's magnitude output (exp_mult-damped) and the skip weights cannot.
+        return {"mlp": layers, "skip": skip_F, "log_step": jnp.zeros((), jnp.float32)}
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -271,7 +275,7 @@ class MLPLOpt:
             feat_NxF = feat_lib.normalize_per_tensor(jnp.stack(feats, axis=-1).reshape(rows * cols, -1))
             direction, log_mag = self._mlp(theta, first_bias_H, feat_NxF)
         scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
-        step = direction * jnp.exp(self.exp_mult * log_mag) * (self.step_mult * scale)
+        step = direction * jnp.exp(self.exp_mult * log_mag + theta["log_step"]) * (self.step_mult * scale)
         return step.reshape(shape).astype(p.dtype), acc
 
     def _tensor_features(self, p_RxC, g_RxC, acc: acc_lib.LeafAccumulators) -> list[jax.Array]:

@@ -75,7 +75,7 @@ def test_init_theta_deterministic_and_counted(name):
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))
     sizes = (arch.num_features, *arch.hidden_sizes, 2)
-    expected = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:])) + arch.num_tensor_features
+    expected = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:])) + arch.num_tensor_features + 1
     assert learned_opt.num_params(a) == expected
 
 
