@@ -1,0 +1,135 @@
+"""Bad input says what is valid (exit status 2, no traceback); the suite YAML format parses."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from meta_train.cli import main
+from meta_train.evaluation.baselines import BASELINES
+from meta_train.evaluation.suites import SuiteError, load_suite_yaml, resolve_suite
+
+
+def _evaluate(capsys, tmp_path, *args):
+    rc = main(["evaluate", "--out", str(tmp_path / "out"), *args])
+    return rc, capsys.readouterr().err
+
+
+def test_unknown_optimizer_lists_the_valid_ones(capsys, tmp_path):
+    rc, err = _evaluate(capsys, tmp_path, "--optimizer", "adamm", "--suite", "in_distribution")
+    assert rc == 2 and "Unknown optimizer 'adamm'" in err and "Traceback" not in err
+    for name in BASELINES:
+        assert name in err
+
+
+def test_unknown_suite_lists_the_valid_ones(capsys, tmp_path):
+    rc, err = _evaluate(capsys, tmp_path, "--optimizer", "adamw", "--suite", "nope")
+    assert rc == 2 and "Unknown suite 'nope'" in err
+    assert "in_distribution" in err and "generalization" in err and "YAML" in err
+
+
+def test_incompatible_checkpoint_architecture_says_so(capsys, tmp_path, checkpoint_path):
+    with safetensors.safe_open(checkpoint_path, framework="numpy") as f:
+        header = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    header["architecture"] = "velo_v9"  # an architecture this learned-opt does not know
+    bad = tmp_path / "other_arch.safetensors"
+    safetensors.numpy.save_file(tensors, str(bad), metadata=header)
+    rc, err = _evaluate(capsys, tmp_path, "--optimizer", str(bad), "--suite", "in_distribution")
+    assert rc == 2 and "velo_v9" in err and "architecture" in err and "Traceback" not in err
+
+
+def test_checkpoint_with_mismatched_arrays_says_so(capsys, tmp_path, checkpoint_path):
+    with safetensors.safe_open(checkpoint_path, framework="numpy") as f:
+        header = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(header["config"])
+    config["hidden_sizes"] = [8]  # the arrays were saved for hidden_sizes (4,)
+    header["config"] = json.dumps(config)
+    bad = tmp_path / "mismatch.safetensors"
+    safetensors.numpy.save_file(tensors, str(bad), metadata=header)
+    rc, err = _evaluate(capsys, tmp_path, "--optimizer", str(bad), "--suite", "in_distribution")
+    assert rc == 2 and "do not match architecture" in err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--optimizer", "sgd-momentum@-1"], "positive number"),
+    (["--optimizer", "adamw", "--lr-grid", "adamw=1e-1:1e-3:3"], "low <= high"),
+    (["--optimizer", "adamw", "--lr-grid", "nadam=1e-3:1e-1:3"], "not baselines"),
+    (["--optimizer", "adamw", "--optimizer", "lion", "--optimizer", "lion"], "given twice"),
+    (["--optimizer", "adamw", "--seeds", "0"], "--seeds"),
+])
+def test_bad_flags(capsys, tmp_path, args, expected):
+    rc, err = _evaluate(capsys, tmp_path, *args, "--suite", "in_distribution")
+    assert rc == 2 and expected in err, err
+
+
+def _yaml(tmp_path, text):
+    path = tmp_path / "suite.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_yaml_suite_every_kind(tmp_path):
+    suite = load_suite_yaml(_yaml(tmp_path, """
+tasks:
+  - {kind: builtin, entry: mlp_mnist1d_w128_d3_h1000, horizon: 200}
+  - {kind: mlp, dataset: digits, width: 512, depth: 8, horizon: 2000}
+  - {kind: cnn, dataset: digits, width: 16, depth: 2, horizon: 100}
+  - {kind: transformer, dataset: stdlib_chars, width: 64, depth: 1, horizon: 100, batch_size: 8}
+  - {kind: quadratic, min_curvature: 0.1, max_curvature: 10, horizon: 50, dim: 4}
+"""))
+    assert suite.name == "suite"
+    names = [e.name for e in suite.entries]
+    assert names[0] == "mlp_mnist1d_w128_d3_h200" and suite.entries[0].horizon == 200
+    assert suite.entries[0].multipliers.horizon == 0.2
+    mlp = suite.entries[1].multipliers
+    assert (mlp.width, mlp.depth, mlp.horizon) == (2.0, 2.0, 2.0)
+    assert suite.entries[2].multipliers.width is None
+    assert suite.entries[4].spec.build().curvature.shape == (4,)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("tasks: []", "non-empty list"),
+    ("tasks:\n  - {kind: resnet}", "'kind' one of"),
+    ("tasks:\n  - {kind: mlp, dataset: digits, width: 8, depth: 1}", "missing ['horizon']"),
+    ("tasks:\n  - {kind: quadratic, min_curvature: 1, max_curvature: 1, horizon: 5, wdith: 3}",
+     "unknown ['wdith']"),
+    ("tasks:\n  - {kind: builtin, entry: nope}", "unknown built-in entry"),
+    ("tasks:\n  - {kind: quadratic, min_curvature: 1, max_curvature: 1, horizon: 5}\n"
+     "  - {kind: quadratic, min_curvature: 1, max_curvature: 1, horizon: 5}", "duplicate"),
+])
+def test_malformed_yaml_suite(tmp_path, text, expected):
+    with pytest.raises(SuiteError, match=None) as info:
+        load_suite_yaml(_yaml(tmp_path, text))
+    assert expected in str(info.value)
+
+
+def test_builtin_suites_resolve():
+    assert [e.name for e in resolve_suite("in_distribution").entries]
+    with pytest.raises(SuiteError, match="does not exist"):
+        resolve_suite("missing.yaml")
+
+
+def test_mu_adam_scales_hidden_matrices_by_base_width_over_fan_in():
+    from tasks.models.mlp import MLPConfig
+
+    class _Task:
+        model = MLPConfig(width=256, depth=2, num_classes=10)
+
+    params = _Task.model.module().init(jax.random.key(0), jnp.zeros((1, 5)))["params"]
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates = {}
+    for name in ("adamw", "mu-adam"):
+        tx = BASELINES[name].make(0.1, params, _Task())
+        updates[name], _ = tx.update(grads, tx.init(params), params)
+    ratio = jax.tree.map(lambda a, b: float(jnp.mean(a / b)), updates["mu-adam"], updates["adamw"])
+    assert np.isclose(ratio["hidden_1"]["kernel"], 64 / 256, rtol=1e-3)
+    for path in (("input", "kernel"), ("readout", "dense", "kernel"), ("hidden_1", "bias")):
+        leaf = ratio
+        for p in path:
+            leaf = leaf[p]
+        assert np.isclose(leaf, 1.0, rtol=1e-3), path
