@@ -18,11 +18,18 @@ def _add_meta_train(subparsers) -> None:
         "meta-train",
         help="meta-train a learned optimizer from a YAML recipe",
         description="Meta-train a learned optimizer. Example: lopt meta-train configs/smoke.yaml "
-        "--workdir /tmp/run unroll.truncation_length=5",
+        "--workdir /tmp/run unroll.truncation_length=5 (add --ray local for Ray actors)",
     )
     p.add_argument("config", help="YAML recipe, e.g. configs/quickstart.yaml")
     p.add_argument("--workdir", default=None, help="output directory (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from the workdir's latest checkpoint")
+    p.add_argument(
+        "--ray", default=None, metavar="auto|local|ADDRESS",
+        help="run the workers as Ray actors: 'auto' joins this host's cluster (ray start/ray up/"
+        "ray job submit), 'local' starts one on this machine, or a cluster address "
+        "(10.0.0.1:6379, ray://head:10001). Default: no Ray, in-process workers. "
+        "Workers, mode and resources come from the recipe's `distributed` group.",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.num_steps=10")
     p.set_defaults(func=_run_meta_train)
 
@@ -35,7 +42,7 @@ def _run_meta_train(args) -> int:
 
     config = load_config(args.config, args.overrides)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
-    result = meta_train(config, workdir, resume=args.resume)
+    result = meta_train(config, workdir, resume=args.resume, ray_address=args.ray)
     _print_summary(result)
     return 0
 

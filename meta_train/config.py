@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 from omegaconf import errors as oc_errors
@@ -75,6 +75,58 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Where the workers run. Without `--ray` they are in-process (the same count, the same
+    shares of the population, the same sync/async schedule); with `--ray` each is a Ray actor.
+
+    num_workers: workers, each with its own task pool and share of the population; null means
+        `estimator.num_workers` (so older recipes keep their meaning).
+    mode: "sync" waits for every worker and averages their meta-gradients (one outer step per
+        round); "async" applies each meta-gradient as it arrives (one outer step per result).
+    max_staleness: async only: a result computed on a theta more than this many versions old is
+        dropped (counted in `dist/stale_dropped`).
+    num_cpus_per_worker, num_gpus_per_worker: Ray resources reserved per actor (fractions allowed;
+        a fractional GPU makes workers share a device, so JAX preallocation is turned off).
+    threads_per_worker: XLA/OpenMP intra-op threads per actor (set in its runtime_env before jax
+        starts), so workers sharing a host do not oversubscribe it; 0 leaves them unset.
+    max_restarts: times Ray restarts a dead actor (-1: forever); a restarted actor rebuilds its
+        states from the recipe (fresh unrolls), and its in-flight result is dropped and counted.
+    env_vars: extra environment variables for every actor (e.g. TPU or NCCL settings).
+    """
+
+    num_workers: Optional[int] = None
+    mode: str = "sync"
+    max_staleness: int = 1
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0
+    threads_per_worker: int = 1
+    max_restarts: int = 3
+    env_vars: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.mode not in ("sync", "async"):
+            raise ValueError(f"distributed.mode={self.mode!r}; expected 'sync' or 'async'.")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ValueError(
+                f"distributed.num_workers={self.num_workers}; expected >= 1 (or null to use "
+                "estimator.num_workers)."
+            )
+        if self.max_staleness < 0:
+            raise ValueError(f"distributed.max_staleness={self.max_staleness}; expected >= 0.")
+        if self.num_cpus_per_worker < 0 or self.num_gpus_per_worker < 0:
+            raise ValueError(
+                f"distributed.num_cpus_per_worker={self.num_cpus_per_worker}, num_gpus_per_worker="
+                f"{self.num_gpus_per_worker}; expected >= 0."
+            )
+        if self.threads_per_worker < 0:
+            raise ValueError(
+                f"distributed.threads_per_worker={self.threads_per_worker}; expected >= 0 (0: unset)."
+            )
+        if self.max_restarts < -1:
+            raise ValueError(f"distributed.max_restarts={self.max_restarts}; expected >= -1 (-1: forever).")
+
+
+@dataclasses.dataclass(frozen=True)
 class MetaTrainConfig:
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     tasks: TasksConfig = dataclasses.field(default_factory=TasksConfig)
@@ -83,6 +135,7 @@ class MetaTrainConfig:
     unroll: UnrollConfig = dataclasses.field(default_factory=UnrollConfig)
     outer: OuterConfig = dataclasses.field(default_factory=OuterConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
 
 class ConfigError(ValueError):
@@ -121,6 +174,15 @@ def _expected_type(path: str) -> str:
         if isinstance(field_type, str):  # postponed annotations
             node = globals().get(field_type) or _SUBCONFIGS.get(field_type)
     return str(getattr(field_type, "__name__", field_type))
+
+
+def num_workers(config: MetaTrainConfig) -> int:
+    """The worker count: `distributed.num_workers`, or `estimator.num_workers` when unset."""
+    n = config.distributed.num_workers
+    n = config.estimator.num_workers if n is None else n
+    if n < 1:
+        raise ValueError(f"num_workers={n}; expected >= 1 (distributed.num_workers or estimator.num_workers).")
+    return n
 
 
 _SUBCONFIGS = {"UnrollConfig": UnrollConfig, "OuterConfig": OuterConfig}

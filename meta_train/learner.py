@@ -22,6 +22,9 @@ COUNTED_EVENTS = (
     "grad/dropped",
     "outer/nonfinite_grad",
     "outer/clipped",
+    "dist/stale_dropped",  # async results older than max_staleness (meta_train.dispatch)
+    "dist/failed",  # worker calls that raised
+    "dist/lost",  # worker calls whose process died (Ray restarts the worker)
 )
 
 
@@ -113,6 +116,8 @@ def outer_step(
         "outer/nonfinite_grad": (~finite).astype(jnp.float32),
         "outer/clipped": (grad_norm > clip_norm).astype(jnp.float32),
     }
+    for k in COUNTED_EVENTS:  # counts only some callers report (the dispatcher's drops)
+        events.setdefault(k, jnp.asarray(estimator_metrics.get(k, 0.0), jnp.float32))
     totals = {k: state.totals[k] + events[k] for k in COUNTED_EVENTS}
     new_state = state.replace(
         step=state.step + 1,

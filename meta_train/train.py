@@ -6,6 +6,7 @@ progress bar, the final `learned_opt.save` export and the optional evaluation ag
 
 Workdir layout:
     config.yaml          the resolved recipe
+    learner.log          the driver's log: workers' errors (with worker id), drops, restarts
     checkpoints/<step>/  orbax: theta, outer state, unroll states, rng, step
     metrics.jsonl        one row per logged outer step
     tensorboard/         the same scalars
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import time
 from typing import Any, Callable
@@ -26,15 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from meta_train import families, learner as learner_lib, metrics as metrics_lib
-from meta_train import pool as pool_lib
+from meta_train import learner as learner_lib, metrics as metrics_lib, recipe
 from meta_train.checkpoint import Checkpointer
-from meta_train.config import MetaTrainConfig, to_dict, to_yaml
-from meta_train.estimators import make_estimator
-from meta_train.worker import LocalWorker
-
-# Estimator metrics that are counts: summed over workers (everything else is averaged).
-_SUMMED = ("unroll/resets", "unroll/diverged", "grad/dropped", "unroll/inner_steps")
+from meta_train.config import MetaTrainConfig, num_workers, to_dict, to_yaml
+from meta_train.dispatch import LOG, Dispatcher
+from meta_train.worker_pool import LocalPool, WorkerPool
 
 
 class WorkdirError(ValueError):
@@ -52,15 +50,20 @@ class Run:
     estimator: Any
     tx: Any
     learner: learner_lib.LearnerState
-    workers: list[LocalWorker]
+    pool: WorkerPool  # LocalPool (in-process, default) or ray_workers.RayPool
+
+    @property
+    def workers(self) -> list[Any]:
+        """The in-process workers (LocalPool only; Ray workers live in their actors)."""
+        return self.pool.workers
 
     def checkpoint_tree(self) -> dict[str, Any]:
-        return {"learner": self.learner, "workers": [w.get_states() for w in self.workers]}
+        """Learner and every worker's unroll states (fetched from the actors under Ray)."""
+        return {"learner": self.learner, "workers": self.pool.get_states()}
 
     def load_checkpoint_tree(self, tree: dict[str, Any]) -> None:
         self.learner = tree["learner"]
-        for worker, states in zip(self.workers, tree["workers"]):
-            worker.set_states(states)
+        self.pool.set_states(tree["workers"])
 
 
 @dataclasses.dataclass
@@ -74,40 +77,21 @@ class RunResult:
     eval_summary: dict[str, Any] | None
 
 
-def build_run(config: MetaTrainConfig, *, arch: Any = None) -> Run:
-    """Deterministic in config.run.seed. `arch` overrides config.optimizer (tests, notebooks)."""
-    if arch is None:
-        arch = families.make_architecture(config.optimizer.architecture, config.optimizer.kwargs)
-    family = families.make_family(config.tasks.family, config.tasks.kwargs)
-    base = jax.random.PRNGKey(config.run.seed)
-    theta = arch.init_theta(jax.random.fold_in(base, 1))
-    est = config.estimator
-    if est.num_workers < 1:
-        raise ValueError(f"estimator.num_workers={est.num_workers}; expected >= 1.")
-    estimator = make_estimator(
-        est.name, arch=arch, unroll=config.unroll, num_pairs=est.num_pairs, sigma=est.sigma
-    )
+def build_run(config: MetaTrainConfig, *, arch: Any = None, pool: WorkerPool | None = None) -> Run:
+    """Deterministic in config.run.seed. `arch` overrides config.optimizer (tests, notebooks).
+
+    pool: where the workers run; default in-process (`LocalPool`), one worker per share of the
+    population (`num_workers(config)`), each with its own task pool (`meta_train.recipe`).
+    """
+    parts = recipe.make_components(config, arch)
+    theta = recipe.initial_theta(config, parts.arch)
     tx = learner_lib.make_outer_optimizer(config.outer, config.run.num_steps)
-    # Each worker has its own pool (its own task configuration for families with static
-    # choices) and its own share of the population.
-    pools = [
-        pool_lib.make_pool(family, jax.random.fold_in(jax.random.fold_in(base, 0), i), config.tasks.pool_size)
-        for i in range(est.num_workers)
-    ]
-    workers = [
-        LocalWorker(estimator, p, theta, jax.random.fold_in(jax.random.fold_in(base, 2), i))
-        for i, p in enumerate(pools)
-    ]
-    learner = learner_lib.init_learner(tx, theta, jax.random.fold_in(base, 3))
-    return Run(config, arch, family, pools, estimator, tx, learner, workers)
-
-
-def _merge_worker_metrics(per_worker: list[dict[str, Any]]) -> dict[str, Any]:
-    out = {}
-    for k in per_worker[0]:
-        values = [m[k] for m in per_worker]
-        out[k] = sum(values) if k in _SUMMED else sum(values) / len(values)
-    return out
+    pools: list[Any] = []
+    if pool is None:
+        pools = [recipe.make_task_pool(config, parts, i) for i in range(num_workers(config))]
+        pool = LocalPool([recipe.make_worker(config, parts, i, p) for i, p in enumerate(pools)])
+    learner = learner_lib.init_learner(tx, theta, jax.random.fold_in(recipe.base_key(config), 3))
+    return Run(config, parts.arch, parts.family, pools, parts.estimator, tx, learner, pool)
 
 
 def make_outer_step(run: Run) -> Callable:
@@ -117,14 +101,25 @@ def make_outer_step(run: Run) -> Callable:
     )
 
 
-def train_step(run: Run, outer_step: Callable) -> dict[str, Any]:
-    """One outer step: every worker computes on its own states, the learner averages and applies."""
-    key = jax.random.fold_in(run.learner.rng, run.learner.step)
-    results = [w.compute(run.learner.theta, jax.random.fold_in(key, i)) for i, w in enumerate(run.workers)]
-    grad = learner_lib.mean_over_workers([g for g, _ in results])
-    est_metrics = _merge_worker_metrics([m for _, m in results])
-    run.learner, metrics = outer_step(run.learner, grad, est_metrics)
-    return metrics
+def make_dispatcher(run: Run) -> Dispatcher:
+    """One outer step at a time, sync or async (config.distributed), for any pool."""
+    d = run.config.distributed
+    return Dispatcher(run.pool, make_outer_step(run), mode=d.mode, max_staleness=d.max_staleness)
+
+
+def _attach_log(workdir: str) -> logging.Handler:
+    handler = logging.FileHandler(os.path.join(workdir, "learner.log"), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+    return handler
+
+
+def _ray_pool(config: MetaTrainConfig, address: str, arch: Any) -> tuple[WorkerPool, bool]:
+    from meta_train import ray_workers
+
+    started = ray_workers.connect(address)
+    return ray_workers.RayPool(config, arch), started
 
 
 def _progress(enabled: bool):
@@ -148,15 +143,19 @@ def meta_train(
     resume: bool = False,
     arch: Any = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    ray_address: str | None = None,
+    pool: WorkerPool | None = None,
 ) -> RunResult:
     """Run (or, with resume, continue) meta-training in `workdir`.
 
     on_step(step, metrics) is called after each logged step (tests use it to interrupt a run).
     A checkpoint is written every `run.checkpoint_every` steps and when the loop exits for any
     reason (including KeyboardInterrupt), so `resume=True` continues where it stopped.
+    ray_address: None runs the workers in-process; "local", "auto" or a cluster address runs
+    them as Ray actors (`meta_train.ray_workers`). pool: an already built pool (the caller
+    owns it and closes it), e.g. a `RayPool` whose actors a test wants to kill.
     """
     os.makedirs(workdir, exist_ok=True)
-    run = build_run(config, arch=arch)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     latest = ckpt.latest_step()
     if latest is not None and not resume:
@@ -165,23 +164,50 @@ def meta_train(
             f"workdir {workdir!r} already holds a checkpoint at step {latest}; pass --resume to "
             "continue it, or choose an empty --workdir."
         )
+    log_handler = _attach_log(workdir)
+    owned_pool, started_ray = pool is None and ray_address is not None, False
+    try:
+        if owned_pool:
+            pool, started_ray = _ray_pool(config, ray_address, arch)
+        run = build_run(config, arch=arch, pool=pool)
+        LOG.info("meta-training %s: %d workers (%s, %s mode), step %d of %d", workdir,
+                 run.pool.num_workers, type(run.pool).__name__, config.distributed.mode,
+                 int(run.learner.step), config.run.num_steps)
+        return _train(run, ckpt, workdir, resume=resume, latest=latest, on_step=on_step)
+    finally:
+        ckpt.close()
+        if owned_pool and pool is not None:
+            pool.close()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        LOG.removeHandler(log_handler)
+        log_handler.close()
+
+
+def _train(run: Run, ckpt: Checkpointer, workdir: str, *, resume: bool, latest: int | None,
+           on_step: Callable | None) -> RunResult:
+    config = run.config
     if resume and latest is not None:
         run.load_checkpoint_tree(ckpt.restore(latest, run.checkpoint_tree()))
+        LOG.info("resumed from the checkpoint at step %d", latest)
     with open(os.path.join(workdir, "config.yaml"), "w", encoding="utf-8") as f:
         f.write(to_yaml(config))
 
-    outer_step = make_outer_step(run)
+    dispatcher = make_dispatcher(run)
     step = int(run.learner.step)
     writer = metrics_lib.MetricsWriter(workdir, truncate_from_step=step)
     last_saved = step
     host: dict[str, float] = {}
     num_steps = config.run.num_steps
+    completed = False
     try:
         with _progress(config.run.progress) as progress:
             bar = progress.add_task("meta-train", total=num_steps, completed=step, meta_loss=float("nan"), throughput=0.0)
             window_start = time.perf_counter()
             while step < num_steps:
-                metrics = train_step(run, outer_step)
+                run.learner, metrics = dispatcher.step(run.learner)
                 step += 1
                 if step % config.run.log_every == 0 or step == num_steps:
                     host = metrics_lib.to_host(metrics)
@@ -202,11 +228,19 @@ def meta_train(
                 if step % config.run.checkpoint_every == 0:
                     ckpt.save(step, run.checkpoint_tree())
                     last_saved = step
+        completed = True
     finally:
-        if step > last_saved:
-            ckpt.save(step, run.checkpoint_tree())
-        writer.close()
-        ckpt.close()
+        dispatcher.close()
+        try:
+            if step > last_saved:
+                ckpt.save(step, run.checkpoint_tree())
+        except Exception:  # e.g. a worker is gone for good: keep the error that stopped the loop
+            if completed:
+                raise
+            LOG.exception("could not write the exit checkpoint at step %d; the last one is at %d",
+                          step, last_saved)
+        finally:
+            writer.close()
 
     from meta_train import plots
 

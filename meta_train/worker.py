@@ -29,6 +29,14 @@ class LocalWorker:
         grad, self.states, metrics = self._estimate(theta, self.pool, self.states, key)
         return grad, metrics
 
+    def warm_up(self, theta: Any, key: jax.Array) -> None:
+        """Compile the truncation by running it once on a copy of the states (left unchanged),
+        so a new (or restarted) Ray actor is ready at full speed when its first call comes."""
+        states = jax.tree.map(lambda x: x.copy(), self.states)
+        self.compute(theta, key)
+        jax.block_until_ready(self.states)
+        self.states = states
+
     def get_states(self) -> Any:
         return self.states
 

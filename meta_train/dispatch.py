@@ -1,0 +1,181 @@
+"""Sync and async outer steps over a worker pool: the one loop body for in-process and Ray.
+
+`Dispatcher.step(learner) -> (learner, metrics)` does exactly one outer update:
+
+* sync: theta is put once, every worker computes on it, the finished results are averaged
+  (in worker order, so a Ray run equals the in-process run of the same recipe) and applied.
+* async: every idle worker is started on the current theta; results are applied one at a time
+  as they arrive; a result more than `max_staleness` versions old is dropped.
+
+Either way a worker that raised (FAILED) or died mid-call (LOST) contributes nothing: its
+result is dropped, counted, logged with the worker id, and the worker is given new work (Ray
+has restarted it by then). Counts go to the metrics as `dist/*` and into the learner's totals.
+Timing: `perf/wait_s` is the time blocked on workers, `perf/learner_s` everything else the
+driver did for the update (averaging, the outer step, putting theta, submitting calls).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from meta_train import learner as learner_lib
+from meta_train.recipe import worker_key
+from meta_train.worker_pool import FAILED, LOST, OK, Outcome
+
+# Estimator metrics that are counts: summed over workers (everything else is averaged).
+SUMMED = ("unroll/resets", "unroll/diverged", "grad/dropped", "unroll/inner_steps")
+# Dropped-result counters, per outer step.
+DROP_COUNTS = ("dist/stale_dropped", "dist/failed", "dist/lost")
+
+LOG = logging.getLogger("meta_train.learner")
+
+
+def merge_worker_metrics(per_worker: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for k in per_worker[0]:
+        values = [m[k] for m in per_worker]
+        out[k] = sum(values) if k in SUMMED else sum(values) / len(values)
+    return out
+
+
+def combine(outcomes: list[Outcome]) -> tuple[Any, dict[str, Any]]:
+    """Average meta-gradients and merge metrics of successful results, in worker order."""
+    ordered = sorted(outcomes, key=lambda o: (o.index, o.version))
+    grad = learner_lib.mean_over_workers([o.grad for o in ordered])
+    return grad, merge_worker_metrics([o.metrics for o in ordered])
+
+
+class Dispatcher:
+    """Owns the in-flight bookkeeping between outer steps (nothing here is checkpointed: on
+    resume every worker simply starts on the restored theta)."""
+
+    def __init__(
+        self,
+        pool: Any,
+        outer_step: Callable,
+        *,
+        mode: str = "sync",
+        max_staleness: int = 1,
+        max_consecutive_failures: int = 3,
+        log: logging.Logger = LOG,
+    ):
+        if mode not in ("sync", "async"):
+            raise ValueError(f"mode={mode!r}; expected 'sync' or 'async'.")
+        self.pool = pool
+        self.outer_step = outer_step
+        self.mode = mode
+        self.max_staleness = max_staleness
+        self.max_consecutive_failures = max_consecutive_failures
+        self.log = log
+        self._handle = None
+        self._handle_version: int | None = None
+        self._failures = [0] * pool.num_workers
+        self._pids: dict[int, int] = {}
+
+    # ---- shared pieces -------------------------------------------------------------------
+    def _theta_handle(self, learner: learner_lib.LearnerState, version: int) -> Any:
+        if self._handle_version != version:  # once per version, however many workers use it
+            self._handle = self.pool.put(learner.theta)
+            self._handle_version = version
+        return self._handle
+
+    def _submit(self, learner, index: int, version: int) -> None:
+        self.pool.submit(index, self._theta_handle(learner, version), version,
+                         worker_key(learner.rng, version, index))
+
+    def _wait(self, timing: dict[str, float]) -> Outcome:
+        start = time.perf_counter()
+        out = self.pool.wait()
+        timing["wait"] += time.perf_counter() - start
+        return out
+
+    def _triage(self, out: Outcome, version: int, counts: dict[str, float]) -> bool:
+        """True when `out` may be applied; otherwise count, log, and return False."""
+        if out.pid is not None:
+            old = self._pids.get(out.index)
+            if old is not None and old != out.pid:
+                counts["dist/restarts"] += 1
+                self.log.warning("worker %d restarted (pid %d -> %d); it rebuilt its unroll "
+                                 "states from the recipe", out.index, old, out.pid)
+            self._pids[out.index] = out.pid
+        if out.status == OK:
+            self._failures[out.index] = 0
+            staleness = version - out.version
+            if staleness > self.max_staleness:
+                counts["dist/stale_dropped"] += 1
+                self.log.debug("worker %d: result on version %d is %d versions stale; dropped",
+                               out.index, out.version, staleness)
+                return False
+            return True
+        self._failures[out.index] += 1
+        if out.status == FAILED:
+            counts["dist/failed"] += 1
+            self.log.error("worker %d raised on theta version %d; its result is dropped:\n%s",
+                           out.index, out.version, out.error)
+        elif out.status == LOST:
+            counts["dist/lost"] += 1
+            self.log.warning("worker %d died during its call on theta version %d; its result is "
+                             "dropped and Ray restarts it (%s)", out.index, out.version, out.error)
+        if self._failures[out.index] >= self.max_consecutive_failures:
+            raise RuntimeError(
+                f"worker {out.index} failed {self._failures[out.index]} calls in a row "
+                f"(last: {out.status}: {out.error}). Fix the cause (see learner.log), then "
+                "continue from the last checkpoint with --resume."
+            )
+        return False
+
+    def _apply(self, learner, good: list[Outcome], version: int, counts):
+        grad, est_metrics = combine(good)
+        est_metrics.update({k: np.float32(counts[k]) for k in DROP_COUNTS})
+        learner, metrics = self.outer_step(learner, grad, est_metrics)
+        metrics = dict(metrics)
+        metrics["dist/restarts"] = counts["dist/restarts"]
+        metrics["dist/results"] = float(len(good))
+        metrics["dist/staleness"] = float(np.mean([version - o.version for o in good]))
+        return learner, metrics
+
+    # ---- one outer step --------------------------------------------------------------------
+    def step(self, learner: learner_lib.LearnerState) -> tuple[learner_lib.LearnerState, dict[str, Any]]:
+        start = time.perf_counter()
+        timing = {"wait": 0.0}
+        counts = {k: 0.0 for k in DROP_COUNTS + ("dist/restarts",)}
+        if self.mode == "sync":
+            learner, metrics = self._sync(learner, counts, timing)
+        else:
+            learner, metrics = self._async(learner, counts, timing)
+        metrics["perf/wait_s"] = timing["wait"]
+        metrics["perf/learner_s"] = time.perf_counter() - start - timing["wait"]
+        return learner, metrics
+
+    def _sync(self, learner, counts, timing):
+        version = int(learner.step)
+        while True:
+            for i in range(self.pool.num_workers):
+                self._submit(learner, i, version)
+            outs = [self._wait(timing) for _ in range(self.pool.num_workers)]
+            good = [o for o in outs if self._triage(o, version, counts)]
+            if good:
+                return self._apply(learner, good, version, counts)
+            # Every worker failed this round: run the round again (the failure limit stops it).
+
+    def _async(self, learner, counts, timing):
+        version = int(learner.step)
+        busy = self.pool.busy()
+        for i in range(self.pool.num_workers):
+            if i not in busy:
+                self._submit(learner, i, version)
+        while True:
+            out = self._wait(timing)
+            if self._triage(out, version, counts):
+                break
+            self._submit(learner, out.index, version)
+        learner, metrics = self._apply(learner, [out], version, counts)
+        self._submit(learner, out.index, version + 1)
+        return learner, metrics
+
+    def close(self) -> None:
+        self.pool.discard_in_flight()

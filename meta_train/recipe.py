@@ -1,0 +1,72 @@
+"""What a recipe builds, in one place, so the driver and every Ray actor build the same things.
+
+Everything is deterministic in `config.run.seed`: worker `i` gets the same task pool and the
+same initial unroll states whether it lives in the driver's process or in an actor on another
+host, which is what makes a sync Ray run equal an in-process run, and what lets a restarted
+actor rebuild its share of the population without asking the driver.
+
+Key derivation from `base = PRNGKey(run.seed)`: fold_in(base, 0) -> task pools (then worker i),
+1 -> initial theta, 2 -> unroll states (then worker i), 3 -> the learner's rng.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from meta_train import families
+from meta_train import pool as pool_lib
+from meta_train.config import MetaTrainConfig
+from meta_train.estimators import make_estimator
+from meta_train.worker import LocalWorker
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+    """The stateless parts of a run: shared by all workers of a process."""
+
+    arch: Any
+    family: Any
+    estimator: Any
+
+
+def base_key(config: MetaTrainConfig) -> jax.Array:
+    return jax.random.PRNGKey(config.run.seed)
+
+
+def make_components(config: MetaTrainConfig, arch: Any = None) -> Components:
+    """`arch` overrides config.optimizer (tests, notebooks); it must be picklable for Ray."""
+    if arch is None:
+        arch = families.make_architecture(config.optimizer.architecture, config.optimizer.kwargs)
+    family = families.make_family(config.tasks.family, config.tasks.kwargs)
+    est = config.estimator
+    estimator = make_estimator(
+        est.name, arch=arch, unroll=config.unroll, num_pairs=est.num_pairs, sigma=est.sigma
+    )
+    return Components(arch, family, estimator)
+
+
+def initial_theta(config: MetaTrainConfig, arch: Any) -> Any:
+    return arch.init_theta(jax.random.fold_in(base_key(config), 1))
+
+
+def make_task_pool(config: MetaTrainConfig, parts: Components, index: int) -> Any:
+    """Worker `index`'s own pool (its own task configuration for families with static choices)."""
+    key = jax.random.fold_in(jax.random.fold_in(base_key(config), 0), index)
+    return pool_lib.make_pool(parts.family, key, config.tasks.pool_size)
+
+
+def make_worker(config: MetaTrainConfig, parts: Components, index: int, task_pool: Any = None) -> LocalWorker:
+    """Worker `index` with fresh unroll states, identical wherever it is built."""
+    if task_pool is None:
+        task_pool = make_task_pool(config, parts, index)
+    theta = initial_theta(config, parts.arch)
+    key = jax.random.fold_in(jax.random.fold_in(base_key(config), 2), index)
+    return LocalWorker(parts.estimator, task_pool, theta, key)
+
+
+def worker_key(rng: jax.Array, version: int, index: int) -> jax.Array:
+    """The key worker `index` uses on theta version `version` (in-process and Ray alike)."""
+    return jax.random.fold_in(jax.random.fold_in(rng, version), index)
