@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -40,6 +41,13 @@ class TaskInfo:
     name: str
     num_params: int
     horizon: int
+
+
+def info_from_init(name: str, init_fn, horizon: int) -> TaskInfo:
+    """TaskInfo with the parameter count read off `init_fn(key)`'s shapes (nothing is computed)."""
+    shapes = jax.eval_shape(init_fn, jax.random.key(0))
+    num_params = sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
+    return TaskInfo(name=name, num_params=num_params, horizon=horizon)
 
 
 @runtime_checkable

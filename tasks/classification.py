@@ -7,7 +7,6 @@ config, dataset name, batch size, horizon. Tasks with the same static fields sta
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from tasks.base import TaskInfo
+from tasks.base import TaskInfo, info_from_init
 from tasks.data.catalog import get_spec
 from tasks.data.device_data import ArrayData, to_device
 from tasks.data.loading import load_arrays
@@ -46,9 +45,7 @@ class ClassificationTask(struct.PyTreeNode):
 
     @property
     def info(self) -> TaskInfo:
-        shapes = jax.eval_shape(self._init_unscaled, jax.random.key(0))
-        num_params = sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
-        return TaskInfo(name=self.name, num_params=num_params, horizon=self.horizon)
+        return info_from_init(self.name, self._init_unscaled, self.horizon)
 
     def _init_unscaled(self, key: jax.Array):
         x_1xD = jnp.zeros((1, *self.input_shape), jnp.float32)
