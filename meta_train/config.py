@@ -91,7 +91,10 @@ class DistributedConfig:
         starts), so workers sharing a host do not oversubscribe it; 0 leaves them unset.
     max_restarts: times Ray restarts a dead actor (-1: forever); a restarted actor rebuilds its
         states from the recipe (fresh unrolls), and its in-flight result is dropped and counted.
-    env_vars: extra environment variables for every actor (e.g. TPU or NCCL settings).
+    resources_per_worker: custom Ray resources per actor, e.g. {TPU: 4} for one worker per
+        TPU VM host (JAX on a TPU host wants one process owning all its chips).
+    env_vars: extra environment variables for every actor (e.g. JAX_COMPILATION_CACHE_DIR, so
+        restarted actors load compiled executables instead of compiling again).
     """
 
     num_workers: Optional[int] = None
@@ -101,6 +104,7 @@ class DistributedConfig:
     num_gpus_per_worker: float = 0.0
     threads_per_worker: int = 1
     max_restarts: int = 3
+    resources_per_worker: dict[str, float] = dataclasses.field(default_factory=dict)
     env_vars: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):

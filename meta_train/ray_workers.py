@@ -13,7 +13,8 @@
   waits for all of them, so no worker starts late (in async mode it would contribute nothing
   until it caught up). Set JAX_COMPILATION_CACHE_DIR in `distributed.env_vars` to make
   restarts and later runs load the compiled executables instead of compiling again.
-* Resources per actor: `distributed.num_cpus_per_worker` / `num_gpus_per_worker`; XLA and
+* Resources per actor: `distributed.num_cpus_per_worker` / `num_gpus_per_worker` /
+  `resources_per_worker` (e.g. TPU); XLA and
   OpenMP intra-op threads are capped through the actor's `runtime_env` (set before jax starts).
 * States for checkpoints are fetched from the actors (`get_states`) and pushed back on resume.
 """
@@ -104,6 +105,7 @@ class RayPool:
         actor_cls = ray.remote(WorkerActor).options(
             num_cpus=cfg.num_cpus_per_worker,
             num_gpus=cfg.num_gpus_per_worker,
+            resources=dict(cfg.resources_per_worker) or None,
             max_restarts=cfg.max_restarts,
             max_task_retries=0,  # at most once: a call that dies with its actor is dropped, not rerun
             runtime_env={"env_vars": actor_env(cfg)},

@@ -171,3 +171,29 @@ def test_worker_exception_reaches_the_learner_log_with_worker_id(cluster, tmp_pa
     log = read_log(str(tmp_path))
     assert "worker 1 raised on theta version 1" in log
     assert "injected failure in the worker's second call" in log
+
+
+def test_cli_ray_flag_runs_the_recipe_on_actors(cluster, tmp_path, capsys):
+    from meta_train import cli
+
+    workdir = str(tmp_path / "run")
+    rc = cli.main(["meta-train", SMOKE, "--workdir", workdir, "--ray", "auto", "run.num_steps=2",
+                   "run.progress=false", "distributed.num_workers=2"])
+    assert rc == 0 and "done" in capsys.readouterr().out
+    assert "2 workers (RayPool, sync mode)" in read_log(workdir)
+    assert [r["dist/results"] for r in rows_of(workdir)] == [2, 2]
+    assert ray.is_initialized()  # --ray auto joined the module's cluster; it is not ours to stop
+
+
+@pytest.mark.parametrize("name", ["cluster_gpu.yaml", "cluster_tpu.yaml"])
+def test_cluster_recipes_load(name):
+    from meta_train.config import num_workers
+    from meta_train.ray_workers import actor_env
+
+    config = load_config(os.path.join(REPO, "configs", name))
+    assert num_workers(config) > 1
+    env = actor_env(config.distributed)
+    assert env["JAX_COMPILATION_CACHE_DIR"]
+    if config.distributed.num_gpus_per_worker == 0.5:
+        assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+        assert "intra_op_parallelism_threads=2" in env["XLA_FLAGS"]
