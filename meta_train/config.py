@@ -53,8 +53,8 @@ class OptimizerConfig:
 @dataclasses.dataclass(frozen=True)
 class EstimatorConfig:
     """name: a key of `meta_train.estimators.ESTIMATORS`. num_pairs: antithetic pairs (members
-    for tbptt) per worker. sigma: perturbation std (ignored by tbptt). num_workers: in-process
-    workers, each with its own share of the population."""
+    for tbptt) per worker. sigma: perturbation std (ignored by tbptt). num_workers: workers,
+    each with its own share of the population (`distributed.num_workers` overrides it)."""
 
     name: str = "pes"
     num_pairs: int = 8
