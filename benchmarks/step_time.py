@@ -1,7 +1,7 @@
 """Step time of a learned optimizer against optax.adamw, measured in one process.
 
     .venv/bin/python benchmarks/step_time.py                 # default arch "mlp", 100k and 2M MLPs
-    .venv/bin/python benchmarks/step_time.py --arch mlp_small --sizes 2m 25m
+    .venv/bin/python benchmarks/step_time.py --arch mlp_small --sizes 2m 25m [--impl reference]
 
 For each MLP size it times (median over repeats, after compilation):
   full step   = forward + backward + optimizer update + apply, batch 128
@@ -12,6 +12,7 @@ and prints both times and the ratio learned / adamw. Buffers are donated, as in 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -87,9 +88,12 @@ def main(argv=None):
     ap.add_argument("--arch", default="mlp", choices=sorted(learned_opt.ARCHITECTURES))
     ap.add_argument("--sizes", nargs="+", default=["100k", "2m"], choices=sorted(SIZES))
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--impl", choices=["fused", "reference"], help="override the architecture's impl")
     args = ap.parse_args(argv)
 
     arch = learned_opt.ARCHITECTURES[args.arch]
+    if args.impl:
+        arch = dataclasses.replace(arch, impl=args.impl)
     theta = arch.init_theta(jax.random.key(0))
     lopt = learned_opt.to_optax(arch, theta)
     adamw = optax.adamw(1e-3)
