@@ -33,25 +33,25 @@ MAX_UNROLLED_MACS = 1024
 
 
 @jax.custom_jvp
-def mean_squares(feats: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    """mean(f * f) of every array, in one variadic reduction: a single pass over the data.
+def mean_squares(feats: tuple[jax.Array, ...]) -> jax.Array:
+    """(F,) vector of mean(f * f) over each of F same-shaped arrays, in one variadic reduction.
 
     Separate `jnp.mean` calls cost one pass each (and a recomputation of the fused feature
-    graph each): normalization then cost 2-3x the whole MLP. A variadic `lax.reduce` has no
-    derivative rule, hence the custom JVP (plain sums, linear and transposable, so truncated
-    backprop through the optimizer still works).
+    graph each): normalization then cost 2-3x the whole MLP. The reduction keeps a unit axis so
+    its F outputs concatenate into one vector in one op instead of F scalar kernels (which
+    dominate on small tensors). A variadic `lax.reduce` has no derivative rule, hence the custom
+    JVP (plain sums, linear and transposable, so truncated backprop through the optimizer works).
     """
-    squares = tuple(f * f for f in feats)
+    squares = tuple(jnp.reshape(f * f, (1, -1)) for f in feats)
     zeros = tuple(jnp.zeros((), f.dtype) for f in feats)
-    dims = tuple(range(feats[0].ndim))
-    sums = jax.lax.reduce(squares, zeros, lambda xs, ys: tuple(x + y for x, y in zip(xs, ys)), dims)
-    return tuple(t / f.size for t, f in zip(sums, feats))
+    sums = jax.lax.reduce(squares, zeros, lambda xs, ys: tuple(x + y for x, y in zip(xs, ys)), (1,))
+    return jnp.concatenate(sums) / feats[0].size
 
 
 @mean_squares.defjvp
 def _mean_squares_jvp(primals, tangents):
     (feats,), (dfeats,) = primals, tangents
-    return mean_squares(feats), tuple(2.0 * jnp.mean(f * df) for f, df in zip(feats, dfeats))
+    return mean_squares(feats), 2.0 * jnp.stack([jnp.mean(f * df) for f, df in zip(feats, dfeats)])
 
 
 def _dense(x_list: list[jax.Array], w_IxO: jax.Array, b_O: jax.Array) -> list[jax.Array]:
@@ -63,7 +63,7 @@ def _dense(x_list: list[jax.Array], w_IxO: jax.Array, b_O: jax.Array) -> list[ja
 def network(theta, first_bias_H: jax.Array, feats: list[jax.Array], num_tensor_features: int):
     """(direction, log_magnitude) for every element of one tensor, from its unnormalized features."""
     # One (F,) vector op for all normalizers, not F scalar kernels (they dominate small tensors).
-    inv_F = jax.lax.rsqrt(jnp.stack(mean_squares(tuple(feats))) + feat_lib.NORMALIZE_EPS)
+    inv_F = jax.lax.rsqrt(mean_squares(tuple(feats)) + feat_lib.NORMALIZE_EPS)
     x = [f * inv_F[k] for k, f in enumerate(feats)]
     layers = theta["mlp"]
     h = [jax.nn.relu(v) for v in _dense(x, layers[0]["w"][:num_tensor_features], first_bias_H)]
