@@ -52,9 +52,3 @@ def update_leaf(
         row_AxR=ema(acc.row_AxR.astype(jnp.float32), jnp.mean(g2, axis=1)[None], adafactor_decays).astype(dtype),
         col_AxC=ema(acc.col_AxC.astype(jnp.float32), jnp.mean(g2, axis=0)[None], adafactor_decays).astype(dtype),
     )
-
-
-def factored_second_moment(row_AxR: jax.Array, col_AxC: jax.Array, eps: float) -> jax.Array:
-    """Adafactor's rank-1 estimate of E[g^2]: row * col / mean(row), shape (A, R, C)."""
-    row_mean_A = jnp.mean(row_AxR, axis=1)
-    return row_AxR[:, :, None] * col_AxC[:, None, :] / (row_mean_A[:, None, None] + eps)

@@ -285,9 +285,18 @@ class MLPLOpt:
         rsqrt_v = jax.lax.rsqrt(acc.rms_RxC.astype(jnp.float32) + eps)
         row_AxR = acc.row_AxR.astype(jnp.float32)
         col_AxC = acc.col_AxC.astype(jnp.float32)
-        rsqrt_fac = list(jax.lax.rsqrt(acc_lib.factored_second_moment(row_AxR, col_AxC, eps) + eps))
-        rsqrt_row = [jnp.broadcast_to(r[:, None], g_RxC.shape) for r in jax.lax.rsqrt(row_AxR + eps)]
-        rsqrt_col = [jnp.broadcast_to(c[None, :], g_RxC.shape) for c in jax.lax.rsqrt(col_AxC + eps)]
+        # Adafactor's estimate v = row * col / mean(row), as rsqrt(v) = rsqrt(row) rsqrt(col)
+        # sqrt(mean(row)): the rsqrts are per row / per column, so per element it costs two
+        # multiplies instead of a divide and an rsqrt.
+        rsqrt_row_AxR = jax.lax.rsqrt(row_AxR + eps)
+        rsqrt_col_AxC = jax.lax.rsqrt(col_AxC + eps)
+        sqrt_row_mean_A = jnp.sqrt(jnp.mean(row_AxR, axis=1) + eps)
+        rsqrt_fac = [
+            (rsqrt_row_AxR[a] * sqrt_row_mean_A[a])[:, None] * rsqrt_col_AxC[a][None, :]
+            for a in range(row_AxR.shape[0])
+        ]
+        rsqrt_row = [jnp.broadcast_to(r[:, None], g_RxC.shape) for r in rsqrt_row_AxR]
+        rsqrt_col = [jnp.broadcast_to(c[None, :], g_RxC.shape) for c in rsqrt_col_AxC]
         return (
             [p_RxC, g_RxC, jnp.clip(g_RxC, -0.1, 0.1)]
             + m
