@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from meta_train import pool as pool_lib
+from meta_train.evaluation.harness import make_train_step
 
 
 def train_curves(tx: optax.GradientTransformation, tasks: Any, num_steps: int, key: jax.Array):
@@ -28,13 +29,7 @@ def train_curves(tx: optax.GradientTransformation, tasks: Any, num_steps: int, k
         params = task.init(k_init)
         opt_state = tx.init(params)
 
-        def step(carry, i):
-            params, opt_state = carry
-            batch = task.sample_batch(jax.random.fold_in(k_data, i), split="train")
-            loss, grads = jax.value_and_grad(task.loss)(params, batch)
-            updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
-            return (optax.apply_updates(params, updates), opt_state), loss
-
+        step = make_train_step(task, tx, k_data)
         (params, _), losses = jax.lax.scan(step, (params, opt_state), jnp.arange(num_steps))
         test_keys = jax.random.split(k_test, 8)
         test = jnp.mean(jax.vmap(lambda k: task.loss(params, task.sample_batch(k, split="test")))(test_keys))

@@ -81,6 +81,24 @@ def seed_keys(schedule: RunSchedule) -> jax.Array:
     return jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(schedule.num_seeds))
 
 
+def make_train_step(task, tx: optax.GradientTransformationExtraArgs, data_key: jax.Array) -> Callable:
+    """`step((params, opt_state), i) -> ((params, opt_state), loss)` for `lax.scan` over steps i.
+
+    Batch i is `task.sample_batch(fold_in(data_key, i))`, so every optimizer given the same key
+    sees the same batches in the same order; `loss` (before the update) reaches optimizers that
+    read it.
+    """
+
+    def step(carry, i):
+        params, opt_state = carry
+        batch = task.sample_batch(jax.random.fold_in(data_key, i), split="train")
+        loss, grads = jax.value_and_grad(task.loss)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    return step
+
+
 def _one_run(spec: OptimizerSpec, schedule: RunSchedule, task, learning_rate, seed_key):
     k_init, k_data, k_eval = jax.random.split(seed_key, 3)
     params = task.init(k_init)
@@ -89,12 +107,7 @@ def _one_run(spec: OptimizerSpec, schedule: RunSchedule, task, learning_rate, se
     def test_loss(p):
         return held_out_loss(task, p, k_eval)
 
-    def step(carry, i):
-        p, opt_state = carry
-        batch = task.sample_batch(jax.random.fold_in(k_data, i), split="train")
-        loss, grads = jax.value_and_grad(task.loss)(p, batch)
-        updates, opt_state = tx.update(grads, opt_state, p, loss=loss)
-        return (optax.apply_updates(p, updates), opt_state), loss
+    step = make_train_step(task, tx, k_data)
 
     def chunk(carry, c):
         carry, losses = jax.lax.scan(step, carry, c * every + jnp.arange(every))
