@@ -1,9 +1,10 @@
 """Step time of a learned optimizer against optax.adamw, measured in one process.
 
     .venv/bin/python benchmarks/step_time.py                 # default arch "mlp", 100k and 2M MLPs
-    .venv/bin/python benchmarks/step_time.py --arch mlp_small --sizes 2m 25m [--impl reference]
+    .venv/bin/python benchmarks/step_time.py --arch mlp_small --sizes 2m 25m lm [--impl reference]
 
-For each MLP size it times (median over repeats, after compilation):
+For each model (MLPs by size; "lm": a 4-layer width-256 transformer LM, sequence 128, batch 32,
+from tasks/models/transformer.py) it times (median over repeats, after compilation):
   full step   = forward + backward + optimizer update + apply, batch 128
   update only = optimizer update + apply, on fixed gradients
 and prints both times and the ratio learned / adamw. Buffers are donated, as in real training.
@@ -40,6 +41,23 @@ def mlp_params(key, hidden):
     ]
 
 
+def lm_setup(key):
+    """(params, loss_fn(params, x, y), x, y) for the transformer benchmark (standard param.)."""
+    from tasks.models.transformer import TransformerConfig
+
+    config = TransformerConfig(width=256, depth=4, num_heads=4, max_len=128, parametrization="standard")
+    model = config.module()
+    tokens = jax.random.randint(key, (32, config.max_len + 1), 0, config.vocab_size)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    params = model.init(jax.random.key(1), x)["params"]
+
+    def loss_fn(params, x, y):
+        logits = model.apply({"params": params}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return params, loss_fn, x, y
+
+
 def mlp_loss(params, x, y):
     h = x
     for layer in params[:-1]:
@@ -61,14 +79,14 @@ def time_fn(fn, args, repeats):
     return statistics.median(times)
 
 
-def bench(tx, params, x, y, repeats):
+def bench(tx, params, x, y, repeats, loss_fn=mlp_loss):
     @jax.jit
     def full(params, state):
-        loss, grads = jax.value_and_grad(mlp_loss)(params, x, y)
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
         updates, state = tx.update(grads, state, params, loss=loss)
         return optax.apply_updates(params, updates), state
 
-    grads = jax.grad(mlp_loss)(params, x, y)
+    grads = jax.grad(loss_fn)(params, x, y)
 
     @jax.jit
     def update_only(params, state):
@@ -86,7 +104,7 @@ def bench(tx, params, x, y, repeats):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="mlp", choices=sorted(learned_opt.ARCHITECTURES))
-    ap.add_argument("--sizes", nargs="+", default=["100k", "2m"], choices=sorted(SIZES))
+    ap.add_argument("--sizes", nargs="+", default=["100k", "2m"], choices=sorted(SIZES) + ["lm"])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--impl", choices=["fused", "reference"], help="override the architecture's impl")
     args = ap.parse_args(argv)
@@ -103,11 +121,14 @@ def main(argv=None):
     print(f"{'size':>6} {'params':>10} | {'full adamw':>11} {'full lopt':>11} {'ratio':>7} | "
           f"{'upd adamw':>10} {'upd lopt':>10} {'ratio':>7}")
     for size in args.sizes:
-        params = mlp_params(jax.random.key(1), SIZES[size])
-        x = jax.random.normal(jax.random.key(2), (BATCH, 784))
-        y = jax.random.randint(jax.random.key(3), (BATCH,), 0, 10)
-        fa, ua = bench(adamw, params, x, y, args.repeats)
-        fl, ul = bench(lopt, params, x, y, args.repeats)
+        if size == "lm":
+            params, loss_fn, x, y = lm_setup(jax.random.key(2))
+        else:
+            params, loss_fn = mlp_params(jax.random.key(1), SIZES[size]), mlp_loss
+            x = jax.random.normal(jax.random.key(2), (BATCH, 784))
+            y = jax.random.randint(jax.random.key(3), (BATCH,), 0, 10)
+        fa, ua = bench(adamw, params, x, y, args.repeats, loss_fn)
+        fl, ul = bench(lopt, params, x, y, args.repeats, loss_fn)
         n = learned_opt.num_params(params)
         print(f"{size:>6} {n:>10,} | {fa * 1e3:>9.2f}ms {fl * 1e3:>9.2f}ms {fl / fa:>6.1f}x | "
               f"{ua * 1e3:>8.2f}ms {ul * 1e3:>8.2f}ms {ul / ua:>6.1f}x")
