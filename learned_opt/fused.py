@@ -27,9 +27,10 @@ import jax.numpy as jnp
 from learned_opt import features as feat_lib
 
 # Largest number of first/hidden-layer multiply-adds per parameter (sum of in*out over layers)
-# that the unrolled form accepts: beyond it compile time and memory grow too fast (39->32->32->2
-# is 2,336 and compiles in over a minute per distinct tensor shape).
-MAX_UNROLLED_MACS = 1024
+# that the unrolled form accepts: XLA's compile time and memory grow fast with it. Measured:
+# 39->8 (312) meta-trains fine; 39->16 (624) ran out of 24 GB compiling the quickstart's PES
+# truncation; 39->32->32 (2,336) took over a minute to compile a single update.
+MAX_UNROLLED_MACS = 384
 
 
 @jax.custom_jvp
