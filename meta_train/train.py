@@ -25,7 +25,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from meta_train import learner as learner_lib, metrics as metrics_lib, recipe

@@ -1,7 +1,6 @@
 """The driver end to end: learning, resume after a kill, export, metrics files, CLI, configs."""
 
 import dataclasses
-import json
 import os
 
 import jax

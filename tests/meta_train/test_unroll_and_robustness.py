@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from tests.meta_train.toy_lopt import MomentumLOpt
 
