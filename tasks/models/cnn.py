@@ -16,24 +16,19 @@ from tasks.models.mup import Readout, check_parametrization
 
 
 class CNN(nn.Module):
-    width: int
-    depth: int
-    num_classes: int
-    activation: str = "relu"
-    parametrization: str = "mup"
-    base_width: int = 16
+    config: "CNNConfig"
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-        act = get_activation(self.activation)
+        c = self.config
+        act = get_activation(c.activation)
         h = x_BxHxWxC
-        for i in range(self.depth):
-            h = nn.Conv(self.width, (3, 3), strides=1 if i == 0 else 2, padding="SAME",
+        for i in range(c.depth):
+            h = nn.Conv(c.width, (3, 3), strides=1 if i == 0 else 2, padding="SAME",
                         name="input" if i == 0 else f"conv_{i}")(h)
             h = act(h)
         h_BxD = h.mean(axis=(1, 2))
-        return Readout(self.num_classes, self.parametrization, self.base_width,
-                       name="readout")(h_BxD)
+        return Readout(c.num_classes, c.parametrization, c.base_width, name="readout")(h_BxD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,4 +54,4 @@ class CNNConfig:
         return f"cnn_w{self.width}_d{self.depth}_{self.activation}_{self.parametrization}"
 
     def module(self) -> CNN:
-        return CNN(**dataclasses.asdict(self))
+        return CNN(self)

@@ -18,21 +18,16 @@ class MLP(nn.Module):
     Layers are named `input`, `hidden_1`, ..., `readout` so `mup.param_roles` can read them.
     """
 
-    width: int
-    depth: int
-    num_classes: int
-    activation: str = "relu"
-    parametrization: str = "mup"
-    base_width: int = 64
+    config: "MLPConfig"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        act = get_activation(self.activation)
+        c = self.config
+        act = get_activation(c.activation)
         h_BxD = jnp.reshape(x, (x.shape[0], -1))
-        for i in range(self.depth):
-            h_BxD = act(nn.Dense(self.width, name="input" if i == 0 else f"hidden_{i}")(h_BxD))
-        return Readout(self.num_classes, self.parametrization, self.base_width,
-                       name="readout")(h_BxD)
+        for i in range(c.depth):
+            h_BxD = act(nn.Dense(c.width, name="input" if i == 0 else f"hidden_{i}")(h_BxD))
+        return Readout(c.num_classes, c.parametrization, c.base_width, name="readout")(h_BxD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,4 +53,4 @@ class MLPConfig:
         return f"mlp_w{self.width}_d{self.depth}_{self.activation}_{self.parametrization}"
 
     def module(self) -> MLP:
-        return MLP(**dataclasses.asdict(self))
+        return MLP(self)
