@@ -10,7 +10,6 @@ given the same model object.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import jax
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tasks.base import TaskInfo
+from tasks.base import TaskInfo, info_from_init
 from tasks.data.device_data import ArrayData
 
 
@@ -40,9 +39,7 @@ class FunctionTask(struct.PyTreeNode):
 
     @property
     def info(self) -> TaskInfo:
-        shapes = jax.eval_shape(self.init, jax.random.key(0))
-        num_params = sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
-        return TaskInfo(name=self.name, num_params=num_params, horizon=self.horizon)
+        return info_from_init(self.name, self.init, self.horizon)
 
     def init(self, key: jax.Array):
         return self.init_fn(key, self.data.head(self.batch_size, split="train"))
