@@ -52,3 +52,13 @@ def update_leaf(
         row_AxR=ema(acc.row_AxR.astype(jnp.float32), jnp.mean(g2, axis=1)[None], adafactor_decays).astype(dtype),
         col_AxC=ema(acc.col_AxC.astype(jnp.float32), jnp.mean(g2, axis=0)[None], adafactor_decays).astype(dtype),
     )
+
+
+def on_grid(acc: LeafAccumulators, row_stride: int, col_stride: int) -> LeafAccumulators:
+    """The statistics of the elements on the strided grid [::row_stride, ::col_stride]."""
+    return LeafAccumulators(
+        momentum_MxRxC=acc.momentum_MxRxC[:, ::row_stride, ::col_stride],
+        rms_RxC=acc.rms_RxC[::row_stride, ::col_stride],
+        row_AxR=acc.row_AxR[:, ::row_stride],
+        col_AxC=acc.col_AxC[:, ::col_stride],
+    )

@@ -8,6 +8,8 @@ Global features (training step, loss) are the same for every parameter.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -22,10 +24,48 @@ GRAD_CLIP = 1e12
 RSQRT_EPS = 1e-30
 
 
-def normalize_per_tensor(feat_NxF: jax.Array) -> jax.Array:
-    """Each feature channel divided by its RMS over the tensor's N elements."""
-    mean_sq_F = jnp.mean(jnp.square(feat_NxF), axis=0)
-    return feat_NxF * jax.lax.rsqrt(mean_sq_F + NORMALIZE_EPS)
+class TensorFeatures(NamedTuple):
+    """One tensor's features on its (R, C) view, grouped by how they vary over it.
+
+    Per-row and per-column features (Adafactor's factored statistics) are kept as vectors: the
+    fused network folds them into a per-row and a per-column bias instead of repeating their
+    multiply-adds for every element. The network's input order is elementwise, rows, columns.
+    """
+
+    elementwise: list  # E arrays of shape (R, C)
+    rows_KxR: jax.Array  # features constant along each row
+    cols_KxC: jax.Array  # features constant along each column
+
+    def broadcast(self) -> list[jax.Array]:
+        """Every feature as an (R, C) array, in input order (for the stacked reference)."""
+        shape = self.elementwise[0].shape
+        return (
+            list(self.elementwise)
+            + [jnp.broadcast_to(r[:, None], shape) for r in self.rows_KxR]
+            + [jnp.broadcast_to(c[None, :], shape) for c in self.cols_KxC]
+        )
+
+
+def inverse_rms(feat_NxF: jax.Array) -> jax.Array:
+    """(F,) 1 / RMS of each feature channel over the N rows: the per-tensor normalizers."""
+    return jax.lax.rsqrt(jnp.mean(jnp.square(feat_NxF), axis=0) + NORMALIZE_EPS)
+
+
+def normalizer_strides(rows: int, cols: int, max_samples: int) -> tuple[int, int]:
+    """Row and column strides of a grid of at most `max_samples` elements of an (R, C) tensor.
+
+    (1, 1), i.e. every element, when the tensor is small enough or `max_samples` is 0. The
+    longer side is thinned first, so a grid stays as square as the tensor allows.
+    """
+    sr, sc = 1, 1
+    if max_samples <= 0:
+        return sr, sc
+    while -(-rows // sr) * -(-cols // sc) > max_samples:
+        if -(-rows // sr) >= -(-cols // sc):
+            sr += 1
+        else:
+            sc += 1
+    return sr, sc
 
 
 def time_features(step: jax.Array, time_scales: tuple[float, ...]) -> jax.Array:

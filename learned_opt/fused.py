@@ -4,16 +4,19 @@ The reference (`MLPLOpt(impl="reference")`) stacks each tensor's F features into
 array and multiplies it by the first-layer weights. On XLA:CPU that stack is the cost: it writes
 and re-reads F floats per parameter, and dot kernels with inner size ~30 run far below peak.
 Here the features stay a list of arrays and the MLP is written out as elementwise
-multiply-adds, `h_j = relu(sum_f w_fj * x_f + b_j)`, so XLA fuses feature computation,
-normalization, every layer and the output into one loop per tensor: each parameter's inputs are
-read once and its update written once. The per-tensor normalizers come from one variadic
-reduction per tensor (all F mean squares in a single pass).
+multiply-adds, `h_j = relu(sum_f w_fj * x_f + b_j)`, so XLA fuses features, every layer and the
+output into one loop per tensor: each parameter's inputs are read once and its update written
+once. Three things keep that loop lean:
+- the per-tensor normalizers come from a separate small grid (MLPLOpt.normalizer_samples), so
+  no full-size feature has a second user that would make XLA store it;
+- they are folded into the first layer's weights (no per-feature multiply);
+- per-row and per-column features (Adafactor's row/column statistics) enter as a per-row and a
+  per-column bias computed once, not as multiply-adds repeated for every element.
 
-Measured on the 2-core CPU (benchmarks/step_time.py; update of a 1.86M-parameter MLP, hidden
-(4,)): reference 289 ms, fused 76 ms. Flattening all leaves into one vector first (concatenate,
-then split the updates) measured slower on XLA:CPU (234 ms): the concatenation materializes
-every feature. The unrolled form grows the program with hidden size squared, so it is meant
-for small networks (see MLPLOpt's validation); large hidden sizes use the reference.
+The unrolled form grows the program with hidden size squared, so it is meant for small
+networks (see MLPLOpt's validation); large hidden sizes use the reference. Measured speeds and
+the dead ends (one flat vector, segment sums, a materialized matmul) are in
+docs/design_notes.md.
 
 Numerically this is the reference computation with sums in a different order: the two agree to
 float tolerance (tests/learned_opt/test_fused.py).
@@ -38,9 +41,8 @@ def mean_squares(feats: tuple[jax.Array, ...]) -> jax.Array:
     """(F,) vector of mean(f * f) over each of F same-shaped arrays, in one variadic reduction.
 
     Separate `jnp.mean` calls cost one pass each (and a recomputation of the fused feature
-    graph each): normalization then cost 2-3x the whole MLP. The reduction keeps a unit axis so
-    its F outputs concatenate into one vector in one op instead of F scalar kernels (which
-    dominate on small tensors). A variadic `lax.reduce` has no derivative rule, hence the custom
+    graph each). The reduction keeps a unit axis so its F outputs concatenate into one vector
+    in one op instead of F scalar kernels (which dominate on small tensors). A variadic `lax.reduce` has no derivative rule, hence the custom
     JVP (plain sums, linear and transposable, so truncated backprop through the optimizer works).
     """
     squares = tuple(jnp.reshape(f * f, (1, -1)) for f in feats)
@@ -61,16 +63,34 @@ def _dense(x_list: list[jax.Array], w_IxO: jax.Array, b_O: jax.Array) -> list[ja
     return [sum(x_list[i] * w_IxO[i, o] for i in range(n_in)) + b_O[o] for o in range(n_out)]
 
 
-def network(theta, first_bias_H: jax.Array, feats: list[jax.Array], num_tensor_features: int):
-    """(direction, log_magnitude) for every element of one tensor, from its unnormalized features."""
-    # One (F,) vector op for all normalizers, not F scalar kernels (they dominate small tensors).
-    inv_F = jax.lax.rsqrt(mean_squares(tuple(feats)) + feat_lib.NORMALIZE_EPS)
-    x = [f * inv_F[k] for k, f in enumerate(feats)]
+def network(theta, first_bias_H: jax.Array, feats: feat_lib.TensorFeatures, feats_sub: feat_lib.TensorFeatures):
+    """(direction, log_magnitude) for every element of one tensor.
+
+    feats: the tensor's unnormalized features; feats_sub: the same on the grid the per-tensor
+    normalizers are estimated on. The normalizers are folded into the first layer's weights,
+    and the per-row / per-column features into a per-row / per-column bias, so the loop over
+    elements does one multiply-add per elementwise feature and hidden unit and nothing else.
+    """
+    n_e, n_r = len(feats.elementwise), feats.rows_KxR.shape[0]
+    inv_E = jax.lax.rsqrt(mean_squares(tuple(feats_sub.elementwise)) + feat_lib.NORMALIZE_EPS)
+    inv_rows_K = feat_lib.inverse_rms(feats_sub.rows_KxR.T)
+    inv_cols_K = feat_lib.inverse_rms(feats_sub.cols_KxC.T)
+    inv_T = jnp.concatenate([inv_E, inv_rows_K, inv_cols_K])
     layers = theta["mlp"]
-    h = [jax.nn.relu(v) for v in _dense(x, layers[0]["w"][:num_tensor_features], first_bias_H)]
+    # First layer and the linear skip as one (T, H + 1) matrix acting on normalized features.
+    w_TxO = jnp.concatenate([layers[0]["w"][: inv_T.shape[0]], theta["skip"][:, None]], axis=1) * inv_T[:, None]
+    bias_O = jnp.concatenate([first_bias_H, jnp.zeros((1,), first_bias_H.dtype)])
+    row_bias_OxR = w_TxO[n_e : n_e + n_r].T @ feats.rows_KxR + bias_O[:, None]
+    col_bias_OxC = w_TxO[n_e + n_r :].T @ feats.cols_KxC
+    pre = [
+        sum(f * w_TxO[e, o] for e, f in enumerate(feats.elementwise))
+        + row_bias_OxR[o][:, None]
+        + col_bias_OxC[o][None, :]
+        for o in range(w_TxO.shape[1])
+    ]
+    *pre_hidden, skip = pre
+    h = [jax.nn.relu(v) for v in pre_hidden]
     for layer in layers[1:-1]:
         h = [jax.nn.relu(v) for v in _dense(h, layer["w"], layer["b"])]
     direction, log_mag = _dense(h, layers[-1]["w"], layers[-1]["b"])
-    skip_F = theta["skip"]
-    direction = direction + sum(x[k] * skip_F[k] for k in range(num_tensor_features))
-    return direction, log_mag
+    return direction + skip, log_mag
