@@ -22,6 +22,9 @@ GRAD_CLIP = 1e12
 # Added to second moments before rsqrt: smaller than any square of a representable gradient
 # that matters, so it only guards exact zeros (including underflowed 1e-30 gradients).
 RSQRT_EPS = 1e-30
+# A bare rsqrt feature is capped at this multiple of its value at the tensor's mean (see
+# `capped_rsqrt`).
+RSQRT_CAP = 10.0
 
 
 class TensorFeatures(NamedTuple):
@@ -46,26 +49,22 @@ class TensorFeatures(NamedTuple):
         )
 
 
-def inverse_rms(feat_NxF: jax.Array) -> jax.Array:
-    """(F,) 1 / RMS of each feature channel over the N rows: the per-tensor normalizers."""
-    return jax.lax.rsqrt(jnp.mean(jnp.square(feat_NxF), axis=0) + NORMALIZE_EPS)
+class FeatureScales(NamedTuple):
+    """Tensor-wide means the features are defined relative to (computed once per tensor)."""
+
+    row_mean_Ax1: jax.Array  # mean over rows of each Adafactor row statistic
+    col_mean_Ax1: jax.Array  # mean over columns of each column statistic
+    rms_mean: jax.Array  # mean of the second moment (on the normalizers' grid)
 
 
-def normalizer_strides(rows: int, cols: int, max_samples: int) -> tuple[int, int]:
-    """Row and column strides of a grid of at most `max_samples` elements of an (R, C) tensor.
+def capped_rsqrt(rsqrt_x: jax.Array, mean_x: jax.Array) -> jax.Array:
+    """rsqrt(x), at most RSQRT_CAP times its value at the tensor's mean x.
 
-    (1, 1), i.e. every element, when the tensor is small enough or `max_samples` is 0. The
-    longer side is thinned first, so a grid stays as square as the tensor allows.
+    For a bare rsqrt feature only: an element that never had a gradient (a dead unit, an
+    unused embedding row) has x = 0 and rsqrt(x) ~ 1e15, which would dominate its tensor's
+    normalizer, or, on a grid that misses it, reach the network as a 1e9 input.
     """
-    sr, sc = 1, 1
-    if max_samples <= 0:
-        return sr, sc
-    while -(-rows // sr) * -(-cols // sc) > max_samples:
-        if -(-rows // sr) >= -(-cols // sc):
-            sr += 1
-        else:
-            sc += 1
-    return sr, sc
+    return jnp.minimum(rsqrt_x, RSQRT_CAP * jax.lax.rsqrt(mean_x + RSQRT_EPS))
 
 
 def time_features(step: jax.Array, time_scales: tuple[float, ...]) -> jax.Array:

@@ -37,13 +37,14 @@ MAX_UNROLLED_MACS = 384
 
 
 @jax.custom_jvp
-def mean_squares(feats: tuple[jax.Array, ...]) -> jax.Array:
+def mean_squares(feats: list[jax.Array] | tuple[jax.Array, ...]) -> jax.Array:
     """(F,) vector of mean(f * f) over each of F same-shaped arrays, in one variadic reduction.
 
     Separate `jnp.mean` calls cost one pass each (and a recomputation of the fused feature
     graph each). The reduction keeps a unit axis so its F outputs concatenate into one vector
-    in one op instead of F scalar kernels (which dominate on small tensors). A variadic `lax.reduce` has no derivative rule, hence the custom
-    JVP (plain sums, linear and transposable, so truncated backprop through the optimizer works).
+    in one op instead of F scalar kernels (which dominate on small tensors). A variadic
+    `lax.reduce` has no derivative rule, hence the custom JVP (plain sums, linear and
+    transposable, so truncated backprop through the optimizer works).
     """
     squares = tuple(jnp.reshape(f * f, (1, -1)) for f in feats)
     zeros = tuple(jnp.zeros((), f.dtype) for f in feats)
@@ -63,19 +64,15 @@ def _dense(x_list: list[jax.Array], w_IxO: jax.Array, b_O: jax.Array) -> list[ja
     return [sum(x_list[i] * w_IxO[i, o] for i in range(n_in)) + b_O[o] for o in range(n_out)]
 
 
-def network(theta, first_bias_H: jax.Array, feats: feat_lib.TensorFeatures, feats_sub: feat_lib.TensorFeatures):
+def network(theta, first_bias_H: jax.Array, feats: feat_lib.TensorFeatures, inv_T: jax.Array):
     """(direction, log_magnitude) for every element of one tensor.
 
-    feats: the tensor's unnormalized features; feats_sub: the same on the grid the per-tensor
-    normalizers are estimated on. The normalizers are folded into the first layer's weights,
-    and the per-row / per-column features into a per-row / per-column bias, so the loop over
-    elements does one multiply-add per elementwise feature and hidden unit and nothing else.
+    feats: the tensor's unnormalized features; inv_T: their normalizers, in input order. The
+    normalizers are folded into the first layer's weights, and the per-row / per-column
+    features into a per-row / per-column bias, so the loop over elements does one multiply-add
+    per elementwise feature and hidden unit and nothing else.
     """
     n_e, n_r = len(feats.elementwise), feats.rows_KxR.shape[0]
-    inv_E = jax.lax.rsqrt(mean_squares(tuple(feats_sub.elementwise)) + feat_lib.NORMALIZE_EPS)
-    inv_rows_K = feat_lib.inverse_rms(feats_sub.rows_KxR.T)
-    inv_cols_K = feat_lib.inverse_rms(feats_sub.cols_KxC.T)
-    inv_T = jnp.concatenate([inv_E, inv_rows_K, inv_cols_K])
     layers = theta["mlp"]
     # First layer and the linear skip as one (T, H + 1) matrix acting on normalized features.
     w_TxO = jnp.concatenate([layers[0]["w"][: inv_T.shape[0]], theta["skip"][:, None]], axis=1) * inv_T[:, None]

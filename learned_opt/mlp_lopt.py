@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from learned_opt import accumulators as acc_lib
 from learned_opt import features as feat_lib
 from learned_opt import fused, mup
+from learned_opt import normalizers as norm_lib
 from learned_opt.tree_util import matrix_shape
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -68,12 +69,10 @@ class MLPLOpt:
         starts as a small correction.
     impl: "reference" (stacked features, matmuls) or "fused" (elementwise, small networks only;
         learned_opt.fused). Same state, same theta, same result to float tolerance.
-    normalizer_samples: the per-tensor feature normalizers (RMS over the tensor) are estimated
-        on a strided grid of at most this many elements; 0 uses every element. An exact RMS
-        needs every feature of every element before the network can run: a pass of its own
-        over the tensor, with the features stored or recomputed (measured on a 1.86M-parameter
-        MLP, 39->8->2 fused: the update took 46 ms exact, 9 ms sampled). 16k samples estimate
-        an RMS to about 1%, and tensors up to that size are normalized exactly.
+    normalizer_samples: a tensor's feature normalizers (RMS over the tensor) are estimated on a
+        strided grid of at most this many of its elements, exact where the grid is not
+        representative (learned_opt.normalizers); 0 uses every element. 16k samples estimate
+        an RMS to about 1%; tensors up to that size are normalized exactly.
     """
 
     name: ClassVar[str] = "mlp_lopt"
@@ -280,47 +279,65 @@ class MLPLOpt:
             self.rms_decay,
             jnp.asarray(self.adafactor_decays, jnp.float32),
         )
-        # Adafactor's v = row * col / mean(row) takes the mean over all rows, also on the grid.
         row_mean_Ax1 = jnp.mean(acc.row_AxR.astype(jnp.float32), axis=1, keepdims=True)
-        feats = self._tensor_features(p_RxC, g_RxC, acc, row_mean_Ax1)
-        # The normalizers' grid: its features are computed from the grid's inputs, not sliced
-        # out of `feats`, which would make XLA materialize every full-size feature (two users).
-        sr, sc = feat_lib.normalizer_strides(rows, cols, self.normalizer_samples)
-        grid_feats = feats
-        if (sr, sc) != (1, 1):
-            grid_acc = acc_lib.on_grid(acc, sr, sc)
-            grid_feats = self._tensor_features(p_RxC[::sr, ::sc], g_RxC[::sr, ::sc], grid_acc, row_mean_Ax1)
-        if self.impl == "fused":
-            direction, log_mag = fused.network(theta, first_bias_H, feats, grid_feats)
+        col_mean_Ax1 = jnp.mean(acc.col_AxC.astype(jnp.float32), axis=1, keepdims=True)
+        mean_squares = fused.mean_squares if self.impl == "fused" else norm_lib.stacked_mean_squares
+
+        def statistics(p_RxC, g_RxC, acc):
+            """(mean second moment, (E,) mean squares of the elementwise features) over the inputs."""
+            rms_mean = jnp.mean(acc.rms_RxC.astype(jnp.float32))
+            scales = feat_lib.FeatureScales(row_mean_Ax1, col_mean_Ax1, rms_mean)
+            return rms_mean, mean_squares(self._tensor_features(p_RxC, g_RxC, acc, scales).elementwise)
+
+        sr, sc = norm_lib.normalizer_strides(rows, cols, self.normalizer_samples)
+        if (sr, sc) == (1, 1):
+            rms_mean, ms_E = statistics(p_RxC, g_RxC, acc)
         else:
-            n_t = self.num_tensor_features
-            feat_NxF = jnp.stack(feats.broadcast(), axis=-1).reshape(-1, n_t)
-            inv_F = feat_lib.inverse_rms(jnp.stack(grid_feats.broadcast(), axis=-1).reshape(-1, n_t))
-            direction, log_mag = self._mlp(theta, first_bias_H, feat_NxF * inv_F)
+            rms_mean, ms_E = norm_lib.grid_or_exact(statistics, (p_RxC, g_RxC, acc), sr, sc)
+        scales = feat_lib.FeatureScales(row_mean_Ax1, col_mean_Ax1, rms_mean)
+        feats = self._tensor_features(p_RxC, g_RxC, acc, scales)
+        inv_T = jnp.concatenate(
+            [
+                jax.lax.rsqrt(ms_E + feat_lib.NORMALIZE_EPS),
+                norm_lib.inverse_rms(feats.rows_KxR.T),
+                norm_lib.inverse_rms(feats.cols_KxC.T),
+            ]
+        )
+        if self.impl == "fused":
+            direction, log_mag = fused.network(theta, first_bias_H, feats, inv_T)
+        else:
+            feat_NxF = jnp.stack(feats.broadcast(), axis=-1).reshape(-1, self.num_tensor_features)
+            direction, log_mag = self._mlp(theta, first_bias_H, feat_NxF * inv_T)
         scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
         step = direction * jnp.exp(self.exp_mult * log_mag + theta["log_step"]) * (self.step_mult * scale)
         return step.reshape(shape).astype(p.dtype), acc
 
-    def _tensor_features(self, p_RxC, g_RxC, acc: acc_lib.LeafAccumulators, row_mean_Ax1) -> feat_lib.TensorFeatures:
+    def _tensor_features(
+        self, p_RxC, g_RxC, acc: acc_lib.LeafAccumulators, scales: feat_lib.FeatureScales
+    ) -> feat_lib.TensorFeatures:
         """The per-tensor features in `feature_names()` order, split by how they vary."""
         eps = feat_lib.RSQRT_EPS
         m = [mk.astype(jnp.float32) for mk in acc.momentum_MxRxC]
         rsqrt_v = jax.lax.rsqrt(acc.rms_RxC.astype(jnp.float32) + eps)
+        row_AxR, col_AxC = acc.row_AxR.astype(jnp.float32), acc.col_AxC.astype(jnp.float32)
+        rsqrt_row_AxR = jax.lax.rsqrt(row_AxR + eps)
+        rsqrt_col_AxC = jax.lax.rsqrt(col_AxC + eps)
         # Adafactor's rsqrt(v) = rsqrt(row) rsqrt(col) sqrt(mean(row)): per row / per column
         # factors, so per element it costs a multiply instead of a divide and an rsqrt.
-        rsqrt_row_AxR = jax.lax.rsqrt(acc.row_AxR.astype(jnp.float32) + eps)
-        rsqrt_col_AxC = jax.lax.rsqrt(acc.col_AxC.astype(jnp.float32) + eps)
-        scaled_row_AxR = rsqrt_row_AxR * jnp.sqrt(row_mean_Ax1 + eps)
+        scaled_row_AxR = rsqrt_row_AxR * jnp.sqrt(scales.row_mean_Ax1 + eps)
         rsqrt_fac = [r[:, None] * c[None, :] for r, c in zip(scaled_row_AxR, rsqrt_col_AxC)]
+        cap = feat_lib.capped_rsqrt
         elementwise = (
             [p_RxC, g_RxC, jnp.clip(g_RxC, -0.1, 0.1)]
             + m
-            + [rsqrt_v]
+            + [cap(rsqrt_v, scales.rms_mean)]
             + [mk * rsqrt_v for mk in m]
             + [g_RxC * r for r in rsqrt_fac]
             + [mk * rsqrt_fac[-1] for mk in m]
         )
-        return feat_lib.TensorFeatures(elementwise, rsqrt_row_AxR, rsqrt_col_AxC)
+        return feat_lib.TensorFeatures(
+            elementwise, cap(rsqrt_row_AxR, scales.row_mean_Ax1), cap(rsqrt_col_AxC, scales.col_mean_Ax1)
+        )
 
     def _mlp(self, theta, first_bias_H, feat_NxF):
         layers = theta["mlp"]

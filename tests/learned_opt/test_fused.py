@@ -85,13 +85,13 @@ def test_fused_refuses_large_networks():
     "rows, cols, max_samples", [(1024, 1024, 16384), (50000, 1, 16384), (7, 3000, 100), (5, 4, 20)]
 )
 def test_normalizer_grid_is_bounded_and_as_dense_as_allowed(rows, cols, max_samples):
-    sr, sc = learned_opt.features.normalizer_strides(rows, cols, max_samples)
+    sr, sc = learned_opt.normalizers.normalizer_strides(rows, cols, max_samples)
     n = -(-rows // sr) * -(-cols // sc)
     assert n <= max_samples
     # One step less thinning on either axis would exceed the budget (no needless thinning).
     assert sr == 1 or -(-rows // (sr - 1)) * -(-cols // sc) > max_samples
     assert sc == 1 or -(-rows // sr) * -(-cols // (sc - 1)) > max_samples
-    assert learned_opt.features.normalizer_strides(rows, cols, 0) == (1, 1)
+    assert learned_opt.normalizers.normalizer_strides(rows, cols, 0) == (1, 1)
 
 
 def test_grid_normalizers_estimate_the_exact_update():
@@ -111,3 +111,41 @@ def test_grid_normalizers_estimate_the_exact_update():
 def test_normalizer_samples_validated():
     with pytest.raises(ValueError, match="normalizer_samples=-1"):
         learned_opt.MLPLOpt(normalizer_samples=-1)
+
+
+def _steps_with_grads(arch, theta, params, grads_list):
+    state = arch.init_state(params)
+    for grads in grads_list:
+        updates, state = jax.jit(arch.update)(theta, grads, state, params, loss=jnp.float32(1.0))
+    return updates
+
+
+@pytest.mark.parametrize("arch", [FUSED, REF], ids=["fused", "reference"])
+def test_sparse_gradient_falls_back_to_exact_normalizers(arch):
+    """Rows 1 and 3 carry all the gradient (an embedding's few active rows); the grid (every 8th
+    row) misses them, so its estimate is off by far more than the tolerance: the exact
+    normalizers must be used, giving the update of normalizer_samples=0."""
+    params = {"emb": jax.random.normal(jax.random.key(3), (512, 64))}
+    g = jnp.zeros((512, 64)).at[jnp.array([1, 3])].set(jax.random.normal(jax.random.key(4), (2, 64)))
+    assert learned_opt.normalizers.normalizer_strides(512, 64, 4096)[0] == 8
+    theta = _random_theta(REF)
+    grads_list = [{"emb": g * (1.0 + 0.1 * i)} for i in range(2)]
+    grid = _steps_with_grads(dataclasses.replace(arch, normalizer_samples=4096), theta, params, grads_list)
+    exact = _steps_with_grads(dataclasses.replace(arch, normalizer_samples=0), theta, params, grads_list)
+    np.testing.assert_allclose(np.asarray(grid["emb"]), np.asarray(exact["emb"]), rtol=1e-4, atol=1e-8)
+
+
+def test_rows_without_gradient_stay_bounded_on_a_grid():
+    """Rows 1 and 3 never had a gradient (dead units): rsqrt of their zero second moment is
+    capped, so a grid that misses them does not turn it into a 1e9 network input. Theta makes
+    the update the normalized rsqrt(v) feature itself (MLP output 0, skip one-hot on it)."""
+    arch = dataclasses.replace(REF, normalizer_samples=4096, mup=False)
+    theta = arch.init_theta(jax.random.key(0))
+    theta["mlp"][-1] = jax.tree.map(jnp.zeros_like, theta["mlp"][-1])
+    theta["skip"] = jnp.zeros_like(theta["skip"]).at[arch.feature_names().index("rsqrt_v")].set(1.0)
+    params = {"w": jax.random.normal(jax.random.key(3), (512, 64)) / 8}
+    live = jnp.ones((512, 1)).at[jnp.array([1, 3])].set(0.0)
+    grads_list = [{"w": live * jax.random.normal(jax.random.key(10 + i), (512, 64)) * 1e-3} for i in range(2)]
+    feature = _steps_with_grads(arch, theta, params, grads_list)["w"] / arch.step_mult
+    assert float(jnp.sqrt(jnp.mean(jnp.square(feature * live)))) == pytest.approx(1.0, rel=0.1)
+    assert 1.0 < float(jnp.max(jnp.abs(feature * (1 - live)))) <= 1.1 * learned_opt.features.RSQRT_CAP

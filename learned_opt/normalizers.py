@@ -1,0 +1,68 @@
+"""Per-tensor feature normalizers: 1 / RMS of each feature over its tensor, cheaply.
+
+An exact RMS needs every feature of every element before the network can run: a pass of its
+own over the tensor, with the features stored or recomputed. On XLA:CPU that pass cost several
+times the network itself (a 1.86M-parameter MLP's update: 46 ms exact against 9 ms from a
+grid). So a large tensor's normalizers are estimated on a strided grid of its elements, with
+an exact fallback where the grid is not representative (`grid_or_exact`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from learned_opt import accumulators as acc_lib
+from learned_opt.features import NORMALIZE_EPS
+
+# The grid is trusted while its mean square of g is within this factor of the exact one.
+GRID_TOLERANCE = 2.0
+
+
+def normalizer_strides(rows: int, cols: int, max_samples: int) -> tuple[int, int]:
+    """Row and column strides of a grid of at most `max_samples` elements of an (R, C) tensor.
+
+    (1, 1), i.e. every element, when the tensor is small enough or `max_samples` is 0. The
+    longer side is thinned first, so a grid stays as square as the tensor allows.
+    """
+    sr, sc = 1, 1
+    if max_samples <= 0:
+        return sr, sc
+    while -(-rows // sr) * -(-cols // sc) > max_samples:
+        if -(-rows // sr) >= -(-cols // sc):
+            sr += 1
+        else:
+            sc += 1
+    return sr, sc
+
+
+def inverse_rms(feat_NxF: jax.Array) -> jax.Array:
+    """(F,) 1 / RMS of each feature channel over the N rows: the per-tensor normalizers."""
+    return jax.lax.rsqrt(jnp.mean(jnp.square(feat_NxF), axis=0) + NORMALIZE_EPS)
+
+
+def stacked_mean_squares(feats: list[jax.Array]) -> jax.Array:
+    """(F,) mean(f * f) of each same-shaped feature, by stacking them (the reference form)."""
+    return jnp.mean(jnp.square(jnp.stack([f.reshape(-1) for f in feats], axis=-1)), axis=0)
+
+
+def grid_or_exact(statistics, full_inputs, row_stride: int, col_stride: int):
+    """`statistics(p, g, acc)` on the strided grid of the inputs, or on all of them where the
+    grid is not representative.
+
+    The grid is trusted when its mean square of the gradient is within a factor
+    GRID_TOLERANCE of the exact one, which is cheap (one reduction of g). Otherwise (a sparse
+    gradient such as an embedding's, where a grid can miss every active row) every element is
+    used. The grid's inputs are sliced, not its features: slicing features would give every
+    full-size feature a second user, and XLA would store them all; for the same reason the
+    exact branch reads its inputs through an optimization barrier. Under vmap both branches
+    run.
+    """
+    p_RxC, g_RxC, acc = full_inputs
+    grid_g = g_RxC[::row_stride, ::col_stride]
+    grid = statistics(p_RxC[::row_stride, ::col_stride], grid_g, acc_lib.on_grid(acc, row_stride, col_stride))
+    exact_g = jnp.mean(jnp.square(g_RxC))
+    grid_g2 = jnp.mean(jnp.square(grid_g))
+    within = (grid_g2 <= GRID_TOLERANCE * exact_g) & (grid_g2 * GRID_TOLERANCE >= exact_g)
+    trusted = within | (exact_g == 0.0)
+    return jax.lax.cond(trusted, lambda _: grid, lambda _: statistics(*jax.lax.optimization_barrier(full_inputs)), None)
