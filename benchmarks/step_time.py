@@ -1,20 +1,22 @@
 """Step time of a learned optimizer against optax.adamw, measured in one process.
 
-    .venv/bin/python benchmarks/step_time.py                 # default arch "mlp", 100k and 2M MLPs
-    .venv/bin/python benchmarks/step_time.py --arch mlp_small --sizes 2m 25m lm [--impl reference]
+    .venv/bin/python benchmarks/step_time.py                 # the default arch, 100k and 2M MLPs
+    .venv/bin/python benchmarks/step_time.py --arch mlp --sizes 2m 25m lm --set impl=reference
 
 For each model (MLPs by size; "lm": a 4-layer width-256 transformer LM, sequence 128, batch 32,
 from tasks/models/transformer.py) it times (median over repeats, after compilation):
   full step   = forward + backward + optimizer update + apply, batch 128
   update only = optimizer update + apply, on fixed gradients
 and prints both times and the ratio learned / adamw. Buffers are donated, as in real training.
-It also reports the per-parameter network's FLOPs divided by the update time, against a plain
-f32 matmul's FLOP/s measured in the same run (a lower bound: the update also computes features).
+It also reports the optimizer state's bytes per parameter, and the per-parameter network's
+FLOPs divided by the update time against a plain f32 matmul's FLOP/s measured in the same run
+(a lower bound: the update also computes features and statistics).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import statistics
 import time
@@ -126,15 +128,21 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="mlp", choices=sorted(learned_opt.ARCHITECTURES))
+    ap.add_argument("--arch", default="mlp_small", choices=sorted(learned_opt.ARCHITECTURES))
     ap.add_argument("--sizes", nargs="+", default=["100k", "2m"], choices=sorted(SIZES) + ["lm"])
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--impl", choices=["fused", "reference"], help="override the architecture's impl")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="override MLPLOpt fields, e.g. impl=reference 'hidden_sizes=(8,)'")
     args = ap.parse_args(argv)
 
     arch = learned_opt.ARCHITECTURES[args.arch]
-    if args.impl:
-        arch = dataclasses.replace(arch, impl=args.impl)
+    for item in args.set:
+        field, _, value = item.partition("=")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # a bare string such as impl=reference
+        arch = dataclasses.replace(arch, **{field: value})
     theta = arch.init_theta(jax.random.key(0))
     lopt = learned_opt.to_optax(arch, theta)
     adamw = optax.adamw(1e-3)
@@ -145,7 +153,8 @@ def main(argv=None):
     net_flops = network_flops_per_param(arch)
     print(f"f32 matmul: {matmul / 1e9:.0f} GFLOP/s; network: {net_flops} FLOPs per parameter")
     print(f"{'size':>6} {'params':>10} | {'full adamw':>11} {'full lopt':>11} {'ratio':>7} | "
-          f"{'upd adamw':>10} {'upd lopt':>10} {'ratio':>7} | {'net GFLOP/s':>11} {'of matmul':>9}")
+          f"{'upd adamw':>10} {'upd lopt':>10} {'ratio':>7} | {'net GFLOP/s':>11} {'of matmul':>9} | "
+          f"{'state B/param':>13}")
     for size in args.sizes:
         if size == "lm":
             params, loss_fn, x, y = lm_setup(jax.random.key(2))
@@ -157,9 +166,12 @@ def main(argv=None):
         fl, ul = bench(lopt, params, x, y, args.repeats, loss_fn)
         n = learned_opt.num_params(params)
         achieved = net_flops * n / ul  # network FLOPs over the whole update's time
-        print(f"{size:>6} {n:>10,} | {fa * 1e3:>9.2f}ms {fl * 1e3:>9.2f}ms {fl / fa:>6.1f}x | "
+        state_bytes = sum(x.nbytes for x in jax.tree.leaves(lopt.init(params)))
+        adamw_bytes = sum(x.nbytes for x in jax.tree.leaves(adamw.init(params)))
+        print(f"{size:>6} {n:>10,} | {fa * 1e3:>9.2f}ms {fl * 1e3:>9.2f}ms {fl / fa:>6.2f}x | "
               f"{ua * 1e3:>8.2f}ms {ul * 1e3:>8.2f}ms {ul / ua:>6.1f}x | "
-              f"{achieved / 1e9:>11.1f} {achieved / matmul:>8.1%}")
+              f"{achieved / 1e9:>11.1f} {achieved / matmul:>8.1%} | "
+              f"{state_bytes / n:>5.1f} (adamw {adamw_bytes / n:.1f})")
 
 
 if __name__ == "__main__":
