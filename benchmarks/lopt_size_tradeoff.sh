@@ -2,6 +2,7 @@
 # Quality vs cost of the learned optimizer's size: hidden width H and number of momenta M.
 #
 #   bash benchmarks/lopt_size_tradeoff.sh [OUT_DIR] [OUTER_STEPS] [VARIANT ...]
+#   EXTRA="run.seed=1" bash benchmarks/lopt_size_tradeoff.sh runs/tradeoff_seed1 3000
 #
 # For each variant (default: all below): meta-train with the quickstart recipe (same seed and
 # outer steps for all), then `lopt evaluate` the exported theta on the `in_distribution` suite
@@ -33,7 +34,7 @@ for NAME in "${NAMES[@]}"; do
     rm -rf "$W"
     # shellcheck disable=SC2086  # the overrides are separate words
     .venv/bin/lopt meta-train configs/quickstart.yaml --workdir "$W" run.num_steps="$STEPS" \
-      run.progress=false optimizer.architecture=mlp_small ${VARIANTS[$NAME]} \
+      run.progress=false optimizer.architecture=mlp_small ${VARIANTS[$NAME]} ${EXTRA:-} \
       > "$OUT/$NAME.train.log" 2>&1 || { echo "$NAME meta-training failed: $OUT/$NAME.train.log"; continue; }
   fi
   if [ ! -f "$OUT/eval_$NAME/results.json" ]; then
@@ -41,7 +42,15 @@ for NAME in "${NAMES[@]}"; do
       --max-steps 300 --seeds 2 --out "$OUT/eval_$NAME" > "$OUT/$NAME.eval.log" 2>&1 \
       || echo "$NAME evaluation failed: $OUT/$NAME.eval.log"
   fi
-  echo "== $NAME: ${VARIANTS[$NAME]}"
-  grep -h "eval learned" "$OUT/$NAME.train.log"
-  grep -h "theta.safe" "$OUT/$NAME.eval.log" | tail -1
+  echo "== $NAME: ${VARIANTS[$NAME]} ${EXTRA:-}"
+  grep -h "eval learned:" "$OUT/$NAME.train.log"
+  .venv/bin/python - "$OUT/eval_$NAME/results.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for task, t in r["tasks"].items():
+    ours = next(o for k, o in t["optimizers"].items() if o["kind"] == "learned")
+    ref = t["optimizers"][r["reference"]]
+    print(f"  {task}: final train {ours['final_train_loss']} ({ours['outcome']}), "
+          f"tuned {r['reference']} {ref['final_train_loss']:.4g}")
+PY
 done

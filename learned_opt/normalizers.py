@@ -46,23 +46,34 @@ def stacked_mean_squares(feats: list[jax.Array]) -> jax.Array:
     return jnp.mean(jnp.square(jnp.stack([f.reshape(-1) for f in feats], axis=-1)), axis=0)
 
 
+def _within(grid_mean, exact_mean):
+    """A grid mean of a non-negative statistic within GRID_TOLERANCE of the exact one (or both 0)."""
+    close = (grid_mean <= GRID_TOLERANCE * exact_mean) & (grid_mean * GRID_TOLERANCE >= exact_mean)
+    return jnp.all(close | (exact_mean == 0.0))
+
+
 def grid_or_exact(statistics, full_inputs, row_stride: int, col_stride: int):
     """`statistics(p, g, acc)` on the strided grid of the inputs, or on all of them where the
     grid is not representative.
 
-    The grid is trusted when its mean square of the gradient is within a factor
-    GRID_TOLERANCE of the exact one, which is cheap (one reduction of g). Otherwise (a sparse
-    gradient such as an embedding's, where a grid can miss every active row) every element is
-    used. The grid's inputs are sliced, not its features: slicing features would give every
-    full-size feature a second user, and XLA would store them all; for the same reason the
-    exact branch reads its inputs through an optimization barrier. Under vmap both branches
-    run.
+    Trusting the grid is decided from exact statistics that cost no pass over the tensor: the
+    mean square of g (its row means are computed for the accumulators anyway) and the means of
+    Adafactor's row and column statistics, which remember every past gradient, against their
+    means over the grid's rows and columns. A sparse gradient (an embedding's few active rows)
+    or a few elements with a huge past gradient (which dominate the momenta's RMS) move those
+    by more than GRID_TOLERANCE, and every element is used instead. The grid's inputs are
+    sliced, not its features: slicing features would give every full-size feature a second
+    user, and XLA would store them all; for the same reason the exact branch reads its inputs
+    through an optimization barrier. Under vmap both branches run.
     """
     p_RxC, g_RxC, acc = full_inputs
     grid_g = g_RxC[::row_stride, ::col_stride]
-    grid = statistics(p_RxC[::row_stride, ::col_stride], grid_g, acc_lib.on_grid(acc, row_stride, col_stride))
-    exact_g = jnp.mean(jnp.square(g_RxC))
-    grid_g2 = jnp.mean(jnp.square(grid_g))
-    within = (grid_g2 <= GRID_TOLERANCE * exact_g) & (grid_g2 * GRID_TOLERANCE >= exact_g)
-    trusted = within | (exact_g == 0.0)
+    grid_acc = acc_lib.on_grid(acc, row_stride, col_stride)
+    grid = statistics(p_RxC[::row_stride, ::col_stride], grid_g, grid_acc)
+    row_AxR, col_AxC = acc.row_AxR.astype(jnp.float32), acc.col_AxC.astype(jnp.float32)
+    trusted = (
+        _within(jnp.mean(jnp.square(grid_g)), jnp.mean(jnp.mean(jnp.square(g_RxC), axis=1)))
+        & _within(jnp.mean(row_AxR[:, ::row_stride], axis=1), jnp.mean(row_AxR, axis=1))
+        & _within(jnp.mean(col_AxC[:, ::col_stride], axis=1), jnp.mean(col_AxC, axis=1))
+    )
     return jax.lax.cond(trusted, lambda _: grid, lambda _: statistics(*jax.lax.optimization_barrier(full_inputs)), None)

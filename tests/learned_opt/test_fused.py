@@ -135,6 +135,20 @@ def test_sparse_gradient_falls_back_to_exact_normalizers(arch):
     np.testing.assert_allclose(np.asarray(grid["emb"]), np.asarray(exact["emb"]), rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.parametrize("arch", [FUSED, REF], ids=["fused", "reference"])
+def test_past_gradient_outlier_falls_back_to_exact_normalizers(arch):
+    """One element off the grid once had a huge gradient: the momenta's RMS is that element's,
+    which the grid cannot see although today's gradient looks uniform. Adafactor's row
+    statistic remembers it, so the exact normalizers are used."""
+    params = {"w": jax.random.normal(jax.random.key(3), (512, 64)) / 8}
+    normal = [jax.random.normal(jax.random.key(20 + i), (512, 64)) * 1e-3 for i in range(3)]
+    grads_list = [{"w": normal[0].at[1, 5].set(1e3)}, {"w": normal[1]}, {"w": normal[2]}]
+    theta = _random_theta(REF)
+    grid = _steps_with_grads(dataclasses.replace(arch, normalizer_samples=4096), theta, params, grads_list)
+    exact = _steps_with_grads(dataclasses.replace(arch, normalizer_samples=0), theta, params, grads_list)
+    np.testing.assert_allclose(np.asarray(grid["w"]), np.asarray(exact["w"]), rtol=1e-4, atol=1e-8)
+
+
 def test_rows_without_gradient_stay_bounded_on_a_grid():
     """Rows 1 and 3 never had a gradient (dead units): rsqrt of their zero second moment is
     capped, so a grid that misses them does not turn it into a 1e9 network input. Theta makes
