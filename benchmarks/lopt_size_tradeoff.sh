@@ -4,8 +4,8 @@
 #   bash benchmarks/lopt_size_tradeoff.sh [OUT_DIR] [OUTER_STEPS] [VARIANT ...]
 #   EXTRA="run.seed=1" bash benchmarks/lopt_size_tradeoff.sh runs/tradeoff_seed1 3000
 #
-# For each variant (default: all below): meta-train with the quickstart recipe (same seed and
-# outer steps for all), then `lopt evaluate` the exported theta on the `in_distribution` suite
+# For each variant (default: all below; mlp_small with the variant's hidden sizes and momenta):
+# meta-train with the quickstart recipe (same seed and outer steps for all), then `lopt evaluate` the exported theta on the `in_distribution` suite
 # against tuned AdamW (300 inner steps, 2 seeds). Resumable: a variant whose outputs exist is
 # skipped. The step cost of each variant: benchmarks/step_time.py --arch ... or its overrides.
 # H <= 8 uses the fused step; 16 and 32 the reference (the fused program for 16 does not fit in
@@ -16,13 +16,14 @@ OUT=${1:-runs/lopt_size_tradeoff}
 STEPS=${2:-800}
 shift $(( $# < 2 ? $# : 2 ))
 M3='optimizer.kwargs.momentum_decays=[0.5,0.9,0.99]'
+M5='optimizer.kwargs.momentum_decays=[0.1,0.5,0.9,0.99,0.999]'
 declare -A VARIANTS=(
   [h4m3]="optimizer.kwargs.hidden_sizes=[4] $M3"
   [h8m3]="optimizer.kwargs.hidden_sizes=[8] $M3"
-  [h4m5]="optimizer.kwargs.hidden_sizes=[4]"
-  [h8m5]="optimizer.kwargs.hidden_sizes=[8]"
-  [h16m5]="optimizer.kwargs.hidden_sizes=[16] optimizer.kwargs.impl=reference"
-  [h32m5]="optimizer.kwargs.hidden_sizes=[32] optimizer.kwargs.impl=reference"
+  [h4m5]="optimizer.kwargs.hidden_sizes=[4] $M5"
+  [h8m5]="optimizer.kwargs.hidden_sizes=[8] $M5"
+  [h16m5]="optimizer.kwargs.hidden_sizes=[16] $M5 optimizer.kwargs.impl=reference"
+  [h32m5]="optimizer.kwargs.hidden_sizes=[32] $M5 optimizer.kwargs.impl=reference"
 )
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=(h4m3 h8m3 h4m5 h8m5 h16m5 h32m5)

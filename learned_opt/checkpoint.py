@@ -3,7 +3,7 @@
 Tensors: theta's arrays, keyed by pytree path ("mlp/0/w", "skip").
 Metadata (safetensors' str -> str header):
     format          "learned-opt"
-    format_version  "1"
+    format_version  "2"
     architecture    class key in `learned_opt.ARCHITECTURE_CLASSES` (e.g. "mlp_lopt")
     config          JSON of the architecture dataclass's fields
     provenance      JSON: recipe, meta-training steps, summary, ... (whatever the writer passes)
@@ -35,10 +35,11 @@ from learned_opt.registry import ARCHITECTURE_CLASSES
 from learned_opt.tree_util import flatten_with_paths
 
 FORMAT = "learned-opt"
-FORMAT_VERSION = 1
+# 2: MLPLOpt's per-row/column features moved to the end of its inputs, bare rsqrt features capped.
+FORMAT_VERSION = 2
 SUFFIX = ".safetensors"
 # Options of `load` that change how theta is applied, not its shapes.
-_ARCH_OPTIONS = ("accumulator_dtype",)
+_ARCH_OPTIONS = ("accumulator_dtype", "normalizer_samples")
 
 
 def pretrained_dir() -> Path:
@@ -203,8 +204,9 @@ def load(name_or_path: str | os.PathLike, *, roles: Any = None, **options):
     """A pretrained optimizer as an optax transform: `tx = learned_opt.load("name")`.
 
     roles: mu-P roles of your params (see `learned_opt.mup`); None infers them from shapes.
-    options: deployment settings that leave theta unchanged; currently `accumulator_dtype`
-    ("float32" or "bfloat16") to halve the optimizer state.
+    options: deployment settings that leave theta unchanged: `accumulator_dtype` ("float32" or
+    "bfloat16", half the optimizer state) and `normalizer_samples` (0: exact per-tensor feature
+    normalizers on every tensor; see `learned_opt.normalizers`).
     """
     unknown = sorted(set(options) - set(_ARCH_OPTIONS))
     if unknown:

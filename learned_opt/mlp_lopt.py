@@ -71,8 +71,8 @@ class MLPLOpt:
         learned_opt.fused). Same state, same theta, same result to float tolerance.
     normalizer_samples: a tensor's feature normalizers (RMS over the tensor) are estimated on a
         strided grid of at most this many of its elements, exact where the grid is not
-        representative (learned_opt.normalizers); 0 uses every element. 16k samples estimate
-        an RMS to about 1%; tensors up to that size are normalized exactly.
+        representative (learned_opt.normalizers); 0 uses every element. Tensors up to this
+        size are normalized exactly.
     """
 
     name: ClassVar[str] = "mlp_lopt"
@@ -92,7 +92,7 @@ class MLPLOpt:
     init_like_adam: bool = True
     out_init_scale: float = 1e-2
     impl: str = "reference"
-    normalizer_samples: int = 16384
+    normalizer_samples: int = 65536
 
     def __post_init__(self):
         # Accept lists (from JSON / YAML) but store tuples so the dataclass stays hashable.

@@ -1,9 +1,9 @@
 """Per-tensor feature normalizers: 1 / RMS of each feature over its tensor, cheaply.
 
 An exact RMS needs every feature of every element before the network can run: a pass of its
-own over the tensor, with the features stored or recomputed. On XLA:CPU that pass cost several
-times the network itself (a 1.86M-parameter MLP's update: 46 ms exact against 9 ms from a
-grid). So a large tensor's normalizers are estimated on a strided grid of its elements, with
+own over the tensor, with the features stored or recomputed. On XLA:CPU that pass costs several
+times the network itself (the update of a 1.86M-parameter MLP, 39 -> 4 -> 2: 26 ms exact, 5 ms
+from a grid). So a large tensor's normalizers are estimated on a strided grid of its elements, with
 an exact fallback where the grid is not representative (`grid_or_exact`).
 """
 
@@ -15,8 +15,12 @@ import jax.numpy as jnp
 from learned_opt import accumulators as acc_lib
 from learned_opt.features import NORMALIZE_EPS
 
-# The grid is trusted while its mean square of g is within this factor of the exact one.
-GRID_TOLERANCE = 2.0
+# The grid is trusted while its means (see `grid_or_exact`) are within this factor of the exact
+# ones, i.e. its RMS estimates within about 2x. Measured while training a width-1024 MLP on
+# MNIST-1D (300 steps), its 1024 x 1024 kernels fell back to exact normalizers in 1-3% of steps
+# with 65536 samples and this tolerance; 10-22% with 16384 samples or tolerance 2; 35-61% with
+# both.
+GRID_TOLERANCE = 4.0
 
 
 def normalizer_strides(rows: int, cols: int, max_samples: int) -> tuple[int, int]:

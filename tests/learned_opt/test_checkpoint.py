@@ -95,7 +95,7 @@ def _rewrite(path, out, *, header_update=None, tensors_update=None):
 
 def test_wrong_format_version(saved, tmp_path):
     bad = _rewrite(saved[0], tmp_path / "v9.safetensors", header_update={"format_version": "9"})
-    with pytest.raises(ValueError, match="format_version '9'.*reads version 1"):
+    with pytest.raises(ValueError, match="format_version '9'.*reads version 2"):
         learned_opt.load_theta(bad)
 
 
