@@ -163,3 +163,23 @@ def test_rows_without_gradient_stay_bounded_on_a_grid():
     feature = _steps_with_grads(arch, theta, params, grads_list)["w"] / arch.step_mult
     assert float(jnp.sqrt(jnp.mean(jnp.square(feature * live)))) == pytest.approx(1.0, rel=0.1)
     assert 1.0 < float(jnp.max(jnp.abs(feature * (1 - live)))) <= 1.1 * learned_opt.features.RSQRT_CAP
+
+
+def test_grid_or_exact_under_vmap_and_grad():
+    """vmap (the evaluation harness, populations) turns the cond into a select of both
+    branches: each member must still get its own choice. Truncated backprop goes through it."""
+    arch = dataclasses.replace(FUSED, normalizer_samples=4096)
+    theta = _random_theta(REF)
+    params = {"w": jax.random.normal(jax.random.key(3), (512, 64)) / 8}
+    dense = jax.random.normal(jax.random.key(5), (512, 64))
+    sparse = jnp.zeros((512, 64)).at[1].set(1.0)  # off the grid: exact normalizers
+
+    def update(theta, g):
+        return arch.update(theta, {"w": g}, arch.init_state(params), params, loss=jnp.float32(1.0))[0]["w"]
+
+    batched = jax.jit(jax.vmap(update, in_axes=(None, 0)))(theta, jnp.stack([dense, sparse]))
+    for i, g in enumerate([dense, sparse]):
+        np.testing.assert_allclose(np.asarray(batched[i]), np.asarray(jax.jit(update)(theta, g)), rtol=1e-5, atol=1e-9)
+    meta_grad = jax.grad(lambda t: jnp.sum(update(t, sparse) ** 2) + jnp.sum(update(t, dense) ** 2))(theta)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(meta_grad))
+    assert float(jnp.max(jnp.abs(meta_grad["skip"]))) > 0
