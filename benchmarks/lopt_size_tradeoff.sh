@@ -5,9 +5,10 @@
 #   EXTRA="run.seed=1" bash benchmarks/lopt_size_tradeoff.sh runs/tradeoff_seed1 3000
 #
 # For each variant (default: all below; mlp_small with the variant's hidden sizes and momenta):
-# meta-train with the quickstart recipe (same seed and outer steps for all), then `lopt evaluate` the exported theta on the `in_distribution` suite
-# against tuned AdamW (300 inner steps, 2 seeds). Resumable: a variant whose outputs exist is
-# skipped. The step cost of each variant: benchmarks/step_time.py --arch ... or its overrides.
+# meta-train with the quickstart recipe (same seed and outer steps for all), then `lopt evaluate`
+# the exported theta on the `in_distribution` suite against tuned AdamW (300 inner steps, 2 seeds).
+# Resumable: a variant whose outputs exist is skipped. The step cost of each variant:
+# benchmarks/step_time.py --set hidden_sizes=... momentum_decays=...
 # H <= 8 uses the fused step; 16 and 32 the reference (the fused program for 16 does not fit in
 # 24 GB when compiled inside a PES truncation).
 set -u

@@ -136,8 +136,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     arch = learned_opt.ARCHITECTURES[args.arch]
+    fields = {f.name for f in dataclasses.fields(arch)}
     for item in args.set:
-        field, _, value = item.partition("=")
+        field, eq, value = item.partition("=")
+        if not eq or field not in fields:
+            ap.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}.")
         try:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):

@@ -290,10 +290,7 @@ class MLPLOpt:
             return rms_mean, mean_squares(self._tensor_features(p_RxC, g_RxC, acc, scales).elementwise)
 
         sr, sc = norm_lib.normalizer_strides(rows, cols, self.normalizer_samples)
-        if (sr, sc) == (1, 1):
-            rms_mean, ms_E = statistics(p_RxC, g_RxC, acc)
-        else:
-            rms_mean, ms_E = norm_lib.grid_or_exact(statistics, (p_RxC, g_RxC, acc), sr, sc)
+        rms_mean, ms_E = norm_lib.grid_or_exact(statistics, (p_RxC, g_RxC, acc), sr, sc)
         scales = feat_lib.FeatureScales(row_mean_Ax1, col_mean_Ax1, rms_mean)
         feats = self._tensor_features(p_RxC, g_RxC, acc, scales)
         inv_T = jnp.concatenate(

@@ -58,7 +58,7 @@ def _within(grid_mean, exact_mean):
 
 def grid_or_exact(statistics, full_inputs, row_stride: int, col_stride: int):
     """`statistics(p, g, acc)` on the strided grid of the inputs, or on all of them where the
-    grid is not representative.
+    grid is not representative. With strides (1, 1) the grid is the tensor: no choice to make.
 
     Trusting the grid is decided from exact statistics that cost no pass over the tensor: the
     mean square of g (its row means are computed for the accumulators anyway) and the means of
@@ -70,6 +70,8 @@ def grid_or_exact(statistics, full_inputs, row_stride: int, col_stride: int):
     user, and XLA would store them all; for the same reason the exact branch reads its inputs
     through an optimization barrier. Under vmap both branches run.
     """
+    if (row_stride, col_stride) == (1, 1):
+        return statistics(*full_inputs)
     p_RxC, g_RxC, acc = full_inputs
     grid_g = g_RxC[::row_stride, ::col_stride]
     grid_acc = acc_lib.on_grid(acc, row_stride, col_stride)
@@ -80,4 +82,5 @@ def grid_or_exact(statistics, full_inputs, row_stride: int, col_stride: int):
         & _within(jnp.mean(row_AxR[:, ::row_stride], axis=1), jnp.mean(row_AxR, axis=1))
         & _within(jnp.mean(col_AxC[:, ::col_stride], axis=1), jnp.mean(col_AxC, axis=1))
     )
-    return jax.lax.cond(trusted, lambda _: grid, lambda _: statistics(*jax.lax.optimization_barrier(full_inputs)), None)
+    exact = lambda _: statistics(*jax.lax.optimization_barrier(full_inputs))  # noqa: E731
+    return jax.lax.cond(trusted, lambda _: grid, exact, None)

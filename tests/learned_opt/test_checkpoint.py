@@ -42,6 +42,10 @@ def test_load_returns_a_working_optax_transform(saved):
     np.testing.assert_array_equal(u["w"], u_ref["w"])
     tx16 = learned_opt.load(path, accumulator_dtype="bfloat16")
     assert jax.tree.leaves(tx16.init(params).accumulators)[0].dtype == jax.numpy.bfloat16
+    exact = learned_opt.load(path, normalizer_samples=0)  # small params: the same update
+    np.testing.assert_allclose(exact.update(grads, exact.init(params), params)[0]["w"], u_ref["w"], rtol=1e-6)
+    with pytest.raises(ValueError, match="normalizer_samples=-1"):
+        learned_opt.load(path, normalizer_samples=-1)
 
 
 def test_pretrained_names_are_found(saved, monkeypatch, tmp_path):
