@@ -37,12 +37,12 @@ import jax.numpy as jnp
 
 from learned_opt import accumulators as acc_lib
 from learned_opt import features as feat_lib
-from learned_opt import fused, mup
+from learned_opt import fused, mup, native
 from learned_opt import normalizers as norm_lib
 from learned_opt.tree_util import matrix_shape
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_IMPLS = ("fused", "reference")
+_IMPLS = ("fused", "native", "reference")
 
 
 class MLPLOptState(NamedTuple):
@@ -268,6 +268,8 @@ class MLPLOpt:
         return loss_ema_L, jnp.concatenate(glob)
 
     def _update_leaf(self, theta, first_bias_H, g, p, acc, role):
+        if self.impl == "native" and p.dtype in (jnp.float32, jnp.bfloat16) and g.dtype in (jnp.float32, jnp.bfloat16):
+            return self._update_leaf_native(theta, first_bias_H, g, p, acc, role)
         shape = tuple(jnp.shape(p))
         rows, cols = matrix_shape(shape)
         g_RxC = jnp.clip(g.astype(jnp.float32), -feat_lib.GRAD_CLIP, feat_lib.GRAD_CLIP).reshape(rows, cols)
@@ -308,6 +310,83 @@ class MLPLOpt:
         scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
         step = direction * jnp.exp(self.exp_mult * log_mag + theta["log_step"]) * (self.step_mult * scale)
         return step.reshape(shape).astype(p.dtype), acc
+
+    def _update_leaf_native(self, theta, first_bias_H, g, p, acc, role):
+        """The same step with the per-element work in one native loop (learned_opt.native).
+
+        Here only per-tensor, per-row and per-column quantities are computed: Adafactor's
+        row/column statistics, the normalizers (on the grid, from the grid's own accumulator
+        updates), and the first layer with the normalizers and row/column features folded in.
+        """
+        shape = tuple(jnp.shape(p))
+        rows, cols = matrix_shape(shape)
+        dtype = acc.rms_RxC.dtype
+        g_RxC = jnp.clip(g.astype(jnp.float32), -feat_lib.GRAD_CLIP, feat_lib.GRAD_CLIP).reshape(rows, cols)
+        p_RxC = p.astype(jnp.float32).reshape(rows, cols)
+        m_decays = jnp.asarray(self.momentum_decays, jnp.float32)
+        a_decays = jnp.asarray(self.adafactor_decays, jnp.float32)
+        spec = native.KernelSpec(len(self.momentum_decays), len(self.adafactor_decays), self.hidden_sizes)
+        g2_row_R, g2_col_C = native.square_means(spec, g.reshape(rows, cols))
+        row_AxR = acc_lib.ema(acc.row_AxR.astype(jnp.float32), g2_row_R[None], a_decays).astype(dtype)
+        col_AxC = acc_lib.ema(acc.col_AxC.astype(jnp.float32), g2_col_C[None], a_decays).astype(dtype)
+        # Elementwise accumulators as before the step, row/column ones after it.
+        acc_rc = acc._replace(row_AxR=row_AxR, col_AxC=col_AxC)
+        row_mean_Ax1 = jnp.mean(row_AxR.astype(jnp.float32), axis=1, keepdims=True)
+        col_mean_Ax1 = jnp.mean(col_AxC.astype(jnp.float32), axis=1, keepdims=True)
+
+        eps = feat_lib.RSQRT_EPS
+
+        def statistics(p_RxC, g_RxC, acc_rc):
+            """Over (a grid of) the tensor: mean second moment, mean squares of the features."""
+            v_new = acc_lib.update_elementwise(acc_rc, g_RxC, m_decays, self.rms_decay).rms_RxC
+            rms_mean = jnp.mean(v_new.astype(jnp.float32))
+            v_cap = feat_lib.RSQRT_CAP * jax.lax.rsqrt(rms_mean + eps)
+            ms_E = native.feature_mean_squares(
+                spec,
+                p_RxC,
+                g_RxC,
+                acc_rc.momentum_MxRxC,
+                acc_rc.rms_RxC,
+                jax.lax.rsqrt(acc_rc.row_AxR.astype(jnp.float32) + eps) * jnp.sqrt(row_mean_Ax1 + eps),
+                jax.lax.rsqrt(acc_rc.col_AxC.astype(jnp.float32) + eps),
+                native.pack_scalars(self.momentum_decays, self.rms_decay, v_cap, 0.0, jnp.float32(0.0)),
+            )
+            return rms_mean, ms_E
+
+        sr, sc = norm_lib.normalizer_strides(rows, cols, self.normalizer_samples)
+        rms_mean, ms_E = norm_lib.grid_or_exact(statistics, (p_RxC, g_RxC, acc_rc), sr, sc, g2_row_means=g2_row_R)
+        rsqrt_row_AxR = jax.lax.rsqrt(row_AxR.astype(jnp.float32) + eps)
+        rsqrt_col_AxC = jax.lax.rsqrt(col_AxC.astype(jnp.float32) + eps)
+        rows_KxR = feat_lib.capped_rsqrt(rsqrt_row_AxR, row_mean_Ax1)
+        cols_KxC = feat_lib.capped_rsqrt(rsqrt_col_AxC, col_mean_Ax1)
+        inv_T = jnp.concatenate(
+            [jax.lax.rsqrt(ms_E + feat_lib.NORMALIZE_EPS), norm_lib.inverse_rms(rows_KxR.T), norm_lib.inverse_rms(cols_KxC.T)]
+        )
+        layers = theta["mlp"]
+        n_e, n_a = len(ms_E), len(self.adafactor_decays)
+        w_TxO = jnp.concatenate([layers[0]["w"][: inv_T.shape[0]], theta["skip"][:, None]], axis=1) * inv_T[:, None]
+        bias_O = jnp.concatenate([first_bias_H, jnp.zeros((1,), jnp.float32)])
+        row_bias_OxR = w_TxO[n_e : n_e + n_a].T @ rows_KxR + bias_O[:, None]
+        col_bias_OxC = w_TxO[n_e + n_a :].T @ cols_KxC
+        scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
+        out_scale = jnp.exp(theta["log_step"]) * (self.step_mult * scale)
+        v_cap = feat_lib.RSQRT_CAP * jax.lax.rsqrt(rms_mean + eps)
+        upd_RxC, m_MxRxC, v_RxC = native.step(
+            spec,
+            p.reshape(rows, cols),
+            g.reshape(rows, cols),
+            acc.momentum_MxRxC,
+            acc.rms_RxC,
+            w_TxO[:n_e],
+            row_bias_OxR,
+            col_bias_OxC,
+            rsqrt_row_AxR * jnp.sqrt(row_mean_Ax1 + eps),
+            rsqrt_col_AxC,
+            native.pack_rest(layers[1:]),
+            native.pack_scalars(self.momentum_decays, self.rms_decay, v_cap, self.exp_mult, out_scale),
+        )
+        new_acc = acc_lib.LeafAccumulators(m_MxRxC, v_RxC, row_AxR, col_AxC)
+        return upd_RxC.reshape(shape), new_acc
 
     def _tensor_features(
         self, p_RxC, g_RxC, acc: acc_lib.LeafAccumulators, scales: feat_lib.FeatureScales

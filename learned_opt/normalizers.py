@@ -26,17 +26,19 @@ GRID_TOLERANCE = 4.0
 def normalizer_strides(rows: int, cols: int, max_samples: int) -> tuple[int, int]:
     """Row and column strides of a grid of at most `max_samples` elements of an (R, C) tensor.
 
-    (1, 1), i.e. every element, when the tensor is small enough or `max_samples` is 0. The
-    longer side is thinned first, so a grid stays as square as the tensor allows.
+    (1, 1), i.e. every element, when the tensor is small enough or `max_samples` is 0. Rows
+    are thinned first and columns only as far as one row must be: a grid of whole rows reads
+    contiguous memory, where a grid strided along both axes touches every cache line of the
+    tensor (measured: the grid statistics of a 1024 x 1024 tensor took ~1 ms that way, most
+    of the native step's time besides the kernel).
     """
-    sr, sc = 1, 1
-    if max_samples <= 0:
-        return sr, sc
-    while -(-rows // sr) * -(-cols // sc) > max_samples:
-        if -(-rows // sr) >= -(-cols // sc):
-            sr += 1
-        else:
-            sc += 1
+    if max_samples <= 0 or rows * cols <= max_samples:
+        return 1, 1
+    sc = -(-cols // max_samples)
+    n_cols = -(-cols // sc)
+    sr = -(-rows // (max_samples // n_cols))
+    while -(-rows // sr) * n_cols > max_samples:
+        sr += 1
     return sr, sc
 
 
@@ -56,7 +58,7 @@ def _within(grid_mean, exact_mean):
     return jnp.all(close | (exact_mean == 0.0))
 
 
-def grid_or_exact(statistics, full_inputs, row_stride: int, col_stride: int):
+def grid_or_exact(statistics, full_inputs, row_stride: int, col_stride: int, *, g2_row_means=None):
     """`statistics(p, g, acc)` on the strided grid of the inputs, or on all of them where the
     grid is not representative. With strides (1, 1) the grid is the tensor: no choice to make.
 
@@ -68,17 +70,20 @@ def grid_or_exact(statistics, full_inputs, row_stride: int, col_stride: int):
     by more than GRID_TOLERANCE, and every element is used instead. The grid's inputs are
     sliced, not its features: slicing features would give every full-size feature a second
     user, and XLA would store them all; for the same reason the exact branch reads its inputs
-    through an optimization barrier. Under vmap both branches run.
+    through an optimization barrier. Under vmap both branches run. `g2_row_means` (R,), the
+    per-row mean of g^2 where the caller already has it, saves a pass over g.
     """
     if (row_stride, col_stride) == (1, 1):
         return statistics(*full_inputs)
     p_RxC, g_RxC, acc = full_inputs
+    if g2_row_means is None:
+        g2_row_means = jnp.mean(jnp.square(g_RxC), axis=1)
     grid_g = g_RxC[::row_stride, ::col_stride]
     grid_acc = acc_lib.on_grid(acc, row_stride, col_stride)
     grid = statistics(p_RxC[::row_stride, ::col_stride], grid_g, grid_acc)
     row_AxR, col_AxC = acc.row_AxR.astype(jnp.float32), acc.col_AxC.astype(jnp.float32)
     trusted = (
-        _within(jnp.mean(jnp.square(grid_g)), jnp.mean(jnp.mean(jnp.square(g_RxC), axis=1)))
+        _within(jnp.mean(jnp.square(grid_g)), jnp.mean(g2_row_means))
         & _within(jnp.mean(row_AxR[:, ::row_stride], axis=1), jnp.mean(row_AxR, axis=1))
         & _within(jnp.mean(col_AxC[:, ::col_stride], axis=1), jnp.mean(col_AxC, axis=1))
     )

@@ -1,0 +1,313 @@
+"""MLPLOpt's elementwise step as one native CPU loop per tensor (`MLPLOpt(impl="native")`).
+
+XLA:CPU runs the fused step (learned_opt.fused) as two loops per tensor (it does no
+multi-output fusion, so the accumulators are written by a second pass) at ~3.6 instructions
+per network multiply-add (it re-broadcasts every weight per 8-wide vector). The kernel in
+`native_kernel.cc` reads each parameter's inputs once and writes its update and accumulators
+once, with 16-wide fused multiply-adds on broadcast weights.
+
+The kernel is compiled on first use for this machine (`-march=native`) and this architecture's
+sizes, with the C++ compiler on PATH ($CXX, else c++, g++ or clang++) and the XLA FFI headers
+shipped in jaxlib, into $LEARNED_OPT_CACHE_DIR (default ~/.cache/learned_opt/native), once per
+source, flags, jaxlib version and CPU. Where it cannot run, the same computation runs as XLA
+(`kernel_reference`): on GPU and TPU, under differentiation (truncated backprop), and on a CPU
+without a compiler (with a warning once). LEARNED_OPT_NATIVE=0 turns the kernel off.
+
+Everything per tensor, per row or per column (normalizers folded into the first layer,
+Adafactor's factors, biases) is computed in JAX by MLPLOpt and passed in; the kernel does the
+per-element work only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from learned_opt import features as feat_lib
+
+_SOURCE = Path(__file__).with_name("native_kernel.cc")
+_FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-Wno-return-type")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    """The static sizes a kernel is compiled for."""
+
+    n_momenta: int
+    n_adafactor: int
+    hidden_sizes: tuple[int, ...]
+
+    @property
+    def num_elementwise(self) -> int:
+        return 3 + self.n_momenta + 1 + self.n_momenta + self.n_adafactor + self.n_momenta
+
+    @property
+    def num_outputs(self) -> int:
+        """First-layer outputs: the hidden units plus the linear skip."""
+        return self.hidden_sizes[0] + 1
+
+    @property
+    def num_scalars(self) -> int:
+        return 2 * self.n_momenta + 5
+
+
+def pack_rest(layers: list[dict]) -> jax.Array:
+    """The layers after the first (hidden ones, then the output) as one f32 vector, each
+    layer's (in, out) weights row-major followed by its bias: the kernel's `rest` layout."""
+    return jnp.concatenate([jnp.concatenate([l["w"].reshape(-1), l["b"]]) for l in layers])
+
+
+def pack_scalars(momentum_decays, rms_decay: float, v_cap, exp_mult: float, out_scale) -> jax.Array:
+    """The kernel's scalar input: decays d, 1 - d (as XLA computes them), the rms decay and its
+    complement, the cap of the bare rsqrt(v) feature, exp_mult and the output scale."""
+    d = jnp.asarray(momentum_decays, jnp.float32)
+    consts = jnp.asarray([rms_decay, 1 - rms_decay], jnp.float32)
+    return jnp.concatenate(
+        [d, 1.0 - d, consts, jnp.stack([v_cap, jnp.float32(exp_mult), out_scale]).astype(jnp.float32)]
+    )
+
+
+def _reference_features(spec: KernelSpec, p, g, m, v, srow, scol, scal):
+    """(E features, new m, new v) of every element, as the kernel computes them."""
+    nm, na = spec.n_momenta, spec.n_adafactor
+    acc_dtype = m.dtype
+    g = jnp.clip(g.astype(jnp.float32), -feat_lib.GRAD_CLIP, feat_lib.GRAD_CLIP)
+    m_new = [scal[k] * m[k].astype(jnp.float32) + scal[nm + k] * g for k in range(nm)]
+    v_new = scal[2 * nm] * v.astype(jnp.float32) + scal[2 * nm + 1] * (g * g)
+    m_st = [mk.astype(acc_dtype).astype(jnp.float32) for mk in m_new]
+    rv = jax.lax.rsqrt(v_new.astype(acc_dtype).astype(jnp.float32) + feat_lib.RSQRT_EPS)
+    fac = [srow[a][:, None] * scol[a][None, :] for a in range(na)]
+    feats = (
+        [p.astype(jnp.float32), g, jnp.clip(g, -0.1, 0.1)]
+        + m_st
+        + [jnp.minimum(rv, scal[2 * nm + 2])]
+        + [mk * rv for mk in m_st]
+        + [g * f for f in fac]
+        + [mk * fac[-1] for mk in m_st]
+    )
+    return feats, jnp.stack(m_new).astype(acc_dtype), v_new.astype(acc_dtype)
+
+
+def kernel_reference(spec: KernelSpec, p, g, m, v, w0, rowb, colb, srow, scol, rest, scal):
+    """The kernel's computation in XLA, element for element: (update, new m, new v).
+
+    p, g: (R, C); m: (NM, R, C) and v: (R, C) accumulators; w0: (E, O); rowb: (O, R);
+    colb: (O, C); srow: (NA, R); scol: (NA, C); rest, scal: see pack_rest / pack_scalars.
+    """
+    nm, hid = spec.n_momenta, spec.hidden_sizes
+    feats, m_new, v_new = _reference_features(spec, p, g, m, v, srow, scol, scal)
+    pre = [
+        rowb[o][:, None] + colb[o][None, :] + sum(f * w0[e, o] for e, f in enumerate(feats))
+        for o in range(spec.num_outputs)
+    ]
+    h = [jax.nn.relu(x) for x in pre[: hid[0]]]
+    offset, width = 0, hid[0]
+    for n_out in (*hid[1:], 2):
+        w = rest[offset : offset + width * n_out].reshape(width, n_out)
+        b = rest[offset + width * n_out : offset + width * n_out + n_out]
+        out = [sum(h[q] * w[q, j] for q in range(width)) + b[j] for j in range(n_out)]
+        h = out if n_out == 2 else [jax.nn.relu(x) for x in out]
+        offset, width = offset + width * n_out + n_out, n_out
+    direction, log_mag = h
+    update = (direction + pre[-1]) * jnp.exp(log_mag * scal[2 * nm + 3]) * scal[2 * nm + 4]
+    return update.astype(p.dtype), m_new, v_new
+
+
+# ---- building and loading ----------------------------------------------------------------
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: a library built for one CPU must not load on another."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("LEARNED_OPT_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "learned_opt" / "native"
+
+
+def _defines(spec: KernelSpec) -> list[str]:
+    hidden = ",".join(map(str, spec.hidden_sizes))
+    return [f"-DLOPT_NM={spec.n_momenta}", f"-DLOPT_NA={spec.n_adafactor}", f"-DLOPT_HIDDEN={hidden}"]
+
+
+def _build(spec: KernelSpec) -> Path:
+    """Path of the compiled kernel for `spec`, compiling it (atomically) if not cached."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler on PATH (set $CXX, or install g++ or clang++)")
+    import jaxlib
+
+    key = hashlib.sha256(
+        "\n".join(
+            [_SOURCE.read_text(), cxx, " ".join(_FLAGS + tuple(_defines(spec))), jaxlib.__version__, _cpu_signature()]
+        ).encode()
+    ).hexdigest()[:16]
+    out = _cache_dir() / f"lopt_mlp_{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = [cxx, *_FLAGS, *_defines(spec), f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"compiling the native kernel failed ({' '.join(cmd)}):\n{res.stderr[-2000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+_LIBRARIES: dict[KernelSpec, ctypes.CDLL] = {}  # loaded libraries stay alive with the process
+
+
+@functools.lru_cache(maxsize=None)
+def _target(spec: KernelSpec) -> str | None:
+    """The registered FFI target name for `spec`, or None (with one warning) if unavailable."""
+    if os.environ.get("LEARNED_OPT_NATIVE", "1") == "0":
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(spec)))
+        sizes = (ctypes.c_int * 4)()
+        lib.LoptNativeSizes(sizes)
+        expect = (spec.num_elementwise, spec.num_outputs, None, spec.num_scalars)
+        if any(e is not None and e != s for e, s in zip(expect, sizes)):
+            raise RuntimeError(f"kernel sizes {list(sizes)} do not match {spec}")
+    except (OSError, RuntimeError) as e:
+        warnings.warn(f"learned_opt: native kernel unavailable, using the XLA form instead: {e}", stacklevel=3)
+        return None
+    name = "lopt_" + "_".join(map(str, (spec.n_momenta, spec.n_adafactor, *spec.hidden_sizes)))
+    jax.ffi.register_ffi_target(name + "_step", jax.ffi.pycapsule(lib.LoptMlpStep), platform="cpu")
+    jax.ffi.register_ffi_target(name + "_square_means", jax.ffi.pycapsule(lib.LoptSquareMeans), platform="cpu")
+    jax.ffi.register_ffi_target(name + "_feature_stats", jax.ffi.pycapsule(lib.LoptFeatureStats), platform="cpu")
+    _LIBRARIES[spec] = lib
+    return name
+
+
+def available(spec: KernelSpec) -> bool:
+    """True when the kernel for `spec` is compiled and registered (CPU)."""
+    return _target(spec) is not None
+
+
+def _ffi_step(spec: KernelSpec, *args):
+    target = _target(spec)
+    if target is None:
+        return kernel_reference(spec, *args)
+    p, _, m, v = args[:4]
+    rows, cols = p.shape
+    out_types = (
+        jax.ShapeDtypeStruct(p.shape, p.dtype),
+        jax.ShapeDtypeStruct(m.shape, m.dtype),
+        jax.ShapeDtypeStruct(v.shape, v.dtype),
+    )
+    call = jax.ffi.ffi_call(target + "_step", out_types, vmap_method="broadcast_all", input_output_aliases={2: 1, 3: 2})
+    return tuple(call(*args, rows=np.int64(rows), cols=np.int64(cols)))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def step(spec: KernelSpec, p, g, m, v, w0, rowb, colb, srow, scol, rest, scal):
+    """(update, new m, new v) of one tensor: the native kernel on CPU, `kernel_reference`
+    elsewhere. Differentiable: the derivative is kernel_reference's."""
+    args = (p, g, m, v, w0, rowb, colb, srow, scol, rest, scal)
+    return jax.lax.platform_dependent(
+        *args,
+        cpu=lambda *a: _ffi_step(spec, *a),
+        default=lambda *a: kernel_reference(spec, *a),
+    )
+
+
+@step.defjvp
+def _step_jvp(spec, primals, tangents):
+    return jax.jvp(functools.partial(kernel_reference, spec), primals, tangents)
+
+
+def square_means_reference(g):
+    """(mean over columns, mean over rows) of clip(g)^2 for an (R, C) gradient, in f32."""
+    g2 = jnp.square(jnp.clip(g.astype(jnp.float32), -feat_lib.GRAD_CLIP, feat_lib.GRAD_CLIP))
+    return jnp.mean(g2, axis=1), jnp.mean(g2, axis=0)
+
+
+def _ffi_square_means(spec: KernelSpec, g):
+    target = _target(spec)
+    if target is None:
+        return square_means_reference(g)
+    rows, cols = g.shape
+    out_types = (jax.ShapeDtypeStruct((rows,), jnp.float32), jax.ShapeDtypeStruct((cols,), jnp.float32))
+    call = jax.ffi.ffi_call(target + "_square_means", out_types, vmap_method="broadcast_all")
+    return tuple(call(g, rows=np.int64(rows), cols=np.int64(cols)))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def square_means(spec: KernelSpec, g):
+    """Adafactor's per-row and per-column mean of g^2 in one pass over g (XLA takes two)."""
+    return jax.lax.platform_dependent(
+        g, cpu=lambda g: _ffi_square_means(spec, g), default=square_means_reference
+    )
+
+
+@square_means.defjvp
+def _square_means_jvp(spec, primals, tangents):
+    return jax.jvp(square_means_reference, primals, tangents)
+
+
+def feature_mean_squares_reference(spec: KernelSpec, p, g, m, v, srow, scol, scal):
+    """(E,) mean over the elements of each feature squared: the normalizers' statistics."""
+    feats, _, _ = _reference_features(spec, p, g, m, v, srow, scol, scal)
+    return jnp.stack([jnp.mean(jnp.square(f)) for f in feats])
+
+
+def _ffi_feature_mean_squares(spec: KernelSpec, p, g, m, v, srow, scol, scal):
+    target = _target(spec)
+    if target is None:
+        return feature_mean_squares_reference(spec, p, g, m, v, srow, scol, scal)
+    rows, cols = p.shape
+    call = jax.ffi.ffi_call(
+        target + "_feature_stats", jax.ShapeDtypeStruct((spec.num_elementwise,), jnp.float32), vmap_method="broadcast_all"
+    )
+    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+    return call(f32(p), f32(g), m, v, srow, scol, scal, rows=np.int64(rows), cols=np.int64(cols))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def feature_mean_squares(spec: KernelSpec, p, g, m, v, srow, scol, scal):
+    """Mean square of every feature over (a grid of) a tensor, from its inputs before the step:
+    one native pass, where XLA:CPU's 16-output reduction runs ~10x slower."""
+    args = (p, g, m, v, srow, scol, scal)
+    return jax.lax.platform_dependent(
+        *args,
+        cpu=lambda *a: _ffi_feature_mean_squares(spec, *a),
+        default=lambda *a: feature_mean_squares_reference(spec, *a),
+    )
+
+
+@feature_mean_squares.defjvp
+def _feature_mean_squares_jvp(spec, primals, tangents):
+    return jax.jvp(functools.partial(feature_mean_squares_reference, spec), primals, tangents)

@@ -1,0 +1,587 @@
+// MLPLOpt's per-parameter step as one native CPU loop (an XLA FFI custom call).
+//
+// For every element of one tensor (on its (R, C) view) this reads the parameter, the gradient
+// and the elementwise accumulators once, and writes the new accumulators and the update once:
+// accumulator EMAs, features, the small MLP and the output scaling all stay in registers, 16
+// elements at a time. XLA:CPU cannot do this itself: it emits two loops (no multi-output
+// fusion) and re-broadcasts every network weight per vector (see docs/design_notes.md).
+//
+// Everything that is per tensor, per row or per column (normalizers folded into the first
+// layer, Adafactor's row/column factors, biases) is computed by the caller in JAX
+// (learned_opt/native.py) and passed in. Sizes are compile-time macros: the caller compiles
+// one library per architecture (LOPT_NM momenta, LOPT_NA Adafactor decays, LOPT_HIDDEN the
+// hidden sizes), so every loop below is unrolled by the compiler.
+//
+// The math is learned_opt.native.kernel_reference's, element for element.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+#define LOPT_INLINE inline __attribute__((always_inline))
+
+#if !defined(LOPT_NM) || !defined(LOPT_NA) || !defined(LOPT_HIDDEN)
+#error "compile with -DLOPT_NM=... -DLOPT_NA=... -DLOPT_HIDDEN=h1,h2,..."
+#endif
+
+namespace {
+
+constexpr int NM = LOPT_NM;
+constexpr int NA = LOPT_NA;
+constexpr int HID[] = {LOPT_HIDDEN};
+constexpr int NL = sizeof(HID) / sizeof(HID[0]);
+constexpr int E = 3 + NM + 1 + NM + NA + NM;  // elementwise features
+constexpr int O = HID[0] + 1;                 // first layer outputs + the linear skip
+constexpr int NSCAL = 2 * NM + 5;             // see Scalars
+constexpr int L = 16;                         // lanes per block
+
+constexpr int rest_size() {
+  int n = 0;
+  for (int i = 1; i < NL; ++i) n += HID[i - 1] * HID[i] + HID[i];
+  return n + HID[NL - 1] * 2 + 2;
+}
+constexpr int NREST = rest_size();
+constexpr int max_hidden() {
+  int n = 0;
+  for (int i = 0; i < NL; ++i) n = HID[i] > n ? HID[i] : n;
+  return n;
+}
+constexpr int MAXH = max_hidden();
+
+constexpr float GRAD_CLIP = 1e12f;
+constexpr float RSQRT_EPS = 1e-30f;
+
+typedef float vf __attribute__((vector_size(4 * L)));
+typedef uint32_t vu __attribute__((vector_size(4 * L)));
+typedef int32_t vi __attribute__((vector_size(4 * L)));
+typedef uint16_t vh __attribute__((vector_size(2 * L)));
+
+LOPT_INLINE vf splat(float x) { return vf{} + x; }
+
+// NaN-propagating clip / min / relu (XLA's max and min propagate NaN; so must we, so that a
+// diverged task is still seen as non-finite downstream).
+LOPT_INLINE vf clip(vf x, float lo, float hi) { return x < lo ? splat(lo) : (x > hi ? splat(hi) : x); }
+LOPT_INLINE vf vmin(vf x, float hi) { return x > hi ? splat(hi) : x; }
+LOPT_INLINE vf relu(vf x) { return x < 0.0f ? splat(0.0f) : x; }
+
+// 1 / sqrt(x). With AVX-512: the 14-bit estimate and one Newton step (within ~2 ulp of
+// f32's correctly rounded value, a quarter of the cost of sqrt and divide).
+LOPT_INLINE vf rsqrt(vf x) {
+#if defined(__AVX512F__)
+  vf y = (vf)_mm512_rsqrt14_ps((__m512)x);
+  return y * (1.5f - 0.5f * x * y * y);
+#else
+  vf r;
+  for (int l = 0; l < L; ++l) r[l] = 1.0f / std::sqrt(x[l]);
+  return r;
+#endif
+}
+
+// exp to ~2 ulp: exp(x) = 2^n * exp(r), |r| <= ln2 / 2, degree-6 polynomial for exp(r)
+// (Cephes' expf). Overflows to inf like XLA's; underflow stops at ~1e-38.
+LOPT_INLINE vf vexp(vf x) {
+  vf big = x > 88.72f ? splat(INFINITY) : splat(0.0f);
+  x = x > 88.0f ? splat(88.0f) : x;
+  x = x < -87.3365447504f ? splat(-87.3365447504f) : x;
+  // Round to nearest by the 1.5 * 2^23 trick (|n| < 2^22).
+  vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf q = splat(1.9875691500e-4f);
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  q = q * r * r + r + 1.0f;
+  vf two_n = (vf)((__builtin_convertvector(n, vi) + 127) << 23);
+  return q * two_n + big;
+}
+
+// ---- loads and stores of 16 lanes (n < L: a partial block, the rest reads as 0) ----------
+
+struct bf16 {
+  uint16_t bits;
+};
+
+// FULL blocks load and store one whole vector; a row's last, partial block copies n lanes
+// (the rest read as 0).
+template <bool FULL>
+LOPT_INLINE vf load(const float* src, int n) {
+  vf v = {};
+  std::memcpy(&v, src, FULL ? sizeof(v) : sizeof(float) * n);
+  return v;
+}
+template <bool FULL>
+LOPT_INLINE vf load(const bf16* src, int n) {
+#if defined(__AVX512F__)
+  if (FULL) return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)src)), 16);
+#endif
+  vh h = {};
+  std::memcpy(&h, src, FULL ? sizeof(h) : sizeof(uint16_t) * n);
+  return (vf)(__builtin_convertvector(h, vu) << 16);
+}
+template <bool FULL>
+LOPT_INLINE void store(float* dst, vf v, int n) {
+  std::memcpy(dst, &v, FULL ? sizeof(v) : sizeof(float) * n);
+}
+// f32 -> bf16, round to nearest even, NaN stays NaN (as XLA's convert).
+LOPT_INLINE vh to_bf16_bits(vf v) {
+#if defined(__AVX512BF16__)
+  return (vh)_mm512_cvtneps_pbh((__m512)v);
+#endif
+  vu u = (vu)v;
+  vu rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  vu nan = ((u >> 16) & 0x8000u) | 0x7FC0u;
+  return __builtin_convertvector(v != v ? nan : rounded, vh);
+}
+template <bool FULL>
+LOPT_INLINE void store(bf16* dst, vf v, int n) {
+  vh h = to_bf16_bits(v);
+  std::memcpy(dst, &h, FULL ? sizeof(h) : sizeof(uint16_t) * n);
+}
+// The value an accumulator has once stored in its dtype (features read the stored value).
+LOPT_INLINE vf stored(vf v, const float*) { return v; }
+LOPT_INLINE vf stored(vf v, const bf16*) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)to_bf16_bits(v)), 16);
+#endif
+  return (vf)(__builtin_convertvector(to_bf16_bits(v), vu) << 16);
+}
+
+// ---- one tensor (one batch member) -------------------------------------------------------
+
+// Layout of the f32 scalar input: momentum decays d (NM), 1 - d (NM), rms decay, 1 - rms
+// decay, the cap of the bare rsqrt(v) feature, exp_mult, and the output scale
+// (exp(log_step) * step_mult * mu-P scale).
+template <class P, class G, class A>
+struct Member {
+  const P* p;
+  const G* g;
+  A* m;  // (NM, R, C), read then overwritten (aliased input and output)
+  A* v;  // (R, C), likewise
+  P* upd;
+  float w0[E * O];    // (E, O): first layer and skip, normalizers folded in
+  const float* rowb;  // (O, R): per-row bias (row features, biases, global features)
+  const float* colb;  // (O, C): per-column bias (column features)
+  const float* srow;  // (NA, R): Adafactor's scaled rsqrt row factor
+  const float* scol;  // (NA, C): Adafactor's rsqrt column factor
+  float rest[NREST];  // later layers and the output layer, packed
+  float scal[NSCAL];
+  int64_t rows, cols;
+
+  // The E features of elements [i, i + n) (per-column factors `fac` gathered by the caller);
+  // WRITE: also store the updated accumulators.
+  template <bool FULL, bool WRITE>
+  LOPT_INLINE void features(int64_t i, int n, const vf* fac, vf* x) const {
+    const int64_t rc = rows * cols;
+    vf g_ = clip(load<FULL>(g + i, n), -GRAD_CLIP, GRAD_CLIP);
+    int e = 0;
+    x[e++] = load<FULL>(p + i, n);
+    x[e++] = g_;
+    x[e++] = clip(g_, -0.1f, 0.1f);
+    vf m_[NM];
+    for (int k = 0; k < NM; ++k) {
+      vf mk = scal[k] * load<FULL>(m + k * rc + i, n) + scal[NM + k] * g_;
+      if (WRITE) store<FULL>(m + k * rc + i, mk, n);
+      m_[k] = stored(mk, m);
+      x[e++] = m_[k];
+    }
+    vf v_ = scal[2 * NM] * load<FULL>(v + i, n) + scal[2 * NM + 1] * (g_ * g_);
+    if (WRITE) store<FULL>(v + i, v_, n);
+    vf rv = rsqrt(stored(v_, v) + RSQRT_EPS);
+    x[e++] = vmin(rv, scal[2 * NM + 2]);
+    for (int k = 0; k < NM; ++k) x[e++] = m_[k] * rv;
+    for (int a = 0; a < NA; ++a) x[e++] = g_ * fac[a];
+    for (int k = 0; k < NM; ++k) x[e++] = m_[k] * fac[NA - 1];
+  }
+
+  // The step for elements [i, i + n), whose per-row/column inputs (pre0, fac) the caller has
+  // gathered. All features first, then the first layer output by output: the E features and
+  // a few accumulators fit in registers, where E accumulators fed feature by feature spill.
+  template <bool FULL>
+  LOPT_INLINE void block(int64_t i, int n, const vf* pre0, const vf* fac) const {
+    vf x[E];
+    features<FULL, true>(i, n, fac, x);
+    // Four partial sums per output: chains of E/4 dependent multiply-adds instead of E, so the
+    // loop is not bound by FMA latency.
+    vf pre[O];
+    for (int o = 0; o < O; ++o) {
+      vf s[4] = {pre0[o], vf{}, vf{}, vf{}};
+      for (int f = 0; f < E; ++f) s[f % 4] += x[f] * w0[f * O + o];
+      pre[o] = (s[0] + s[1]) + (s[2] + s[3]);
+    }
+    // Hidden layers, then the (direction, log-magnitude) output.
+    vf h[MAXH], hn[MAXH];
+    for (int j = 0; j < HID[0]; ++j) h[j] = relu(pre[j]);
+    const float* w = rest;
+    int width = HID[0];
+    for (int li = 1; li < NL; ++li) {
+      const float* b = w + width * HID[li];
+      for (int j = 0; j < HID[li]; ++j) {
+        vf s = splat(b[j]);
+        for (int q = 0; q < width; ++q) s += h[q] * w[q * HID[li] + j];
+        hn[j] = relu(s);
+      }
+      for (int j = 0; j < HID[li]; ++j) h[j] = hn[j];
+      w = b + HID[li];
+      width = HID[li];
+    }
+    vf dir = splat(w[2 * width]), lmag = splat(w[2 * width + 1]);
+    for (int q = 0; q < width; ++q) {
+      dir += h[q] * w[2 * q];
+      lmag += h[q] * w[2 * q + 1];
+    }
+    vf step = (dir + pre[HID[0]]) * vexp(lmag * scal[2 * NM + 3]) * scal[2 * NM + 4];
+    store<FULL>(upd + i, step, n);
+  }
+
+  // Rows [r0, r1): 16 columns at a time, the row's biases broadcast.
+  // The members are copied to a local first: the kernel's stores (byte copies) could alias
+  // *this, which would make the compiler reload every weight after every store.
+  void row_range(int64_t r0, int64_t r1) const {
+    const Member self = *this;
+    self.row_range_local(r0, r1);
+  }
+  void flat_range(int64_t i0, int64_t i1) const {
+    const Member self = *this;
+    self.flat_range_local(i0, i1);
+  }
+
+  LOPT_INLINE void row_range_local(int64_t r0, int64_t r1) const {
+    vf pre0[O], fac[NA];
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t c = 0; c < cols; c += L) {
+        int n = cols - c < L ? int(cols - c) : L;
+        if (n == L) {
+          for (int o = 0; o < O; ++o) pre0[o] = rowb[o * rows + r] + load<true>(colb + o * cols + c, n);
+          for (int a = 0; a < NA; ++a) fac[a] = srow[a * rows + r] * load<true>(scol + a * cols + c, n);
+          block<true>(r * cols + c, n, pre0, fac);
+        } else {
+          for (int o = 0; o < O; ++o) pre0[o] = rowb[o * rows + r] + load<false>(colb + o * cols + c, n);
+          for (int a = 0; a < NA; ++a) fac[a] = srow[a * rows + r] * load<false>(scol + a * cols + c, n);
+          block<false>(r * cols + c, n, pre0, fac);
+        }
+      }
+    }
+  }
+
+  // Flat elements [i0, i1) for narrow tensors (cols < L): per-lane gathers.
+  LOPT_INLINE void flat_range_local(int64_t i0, int64_t i1) const {
+    vf pre0[O], fac[NA];
+    for (int64_t i = i0; i < i1; i += L) {
+      int n = i1 - i < L ? int(i1 - i) : L;
+      for (int o = 0; o < O; ++o) pre0[o] = vf{};
+      for (int a = 0; a < NA; ++a) fac[a] = vf{};
+      for (int l = 0; l < n; ++l) {
+        int64_t r = (i + l) / cols, c = (i + l) % cols;
+        for (int o = 0; o < O; ++o) pre0[o][l] = rowb[o * rows + r] + colb[o * cols + c];
+        for (int a = 0; a < NA; ++a) fac[a][l] = srow[a * rows + r] * scol[a * cols + c];
+      }
+      if (n == L)
+        block<true>(i, n, pre0, fac);
+      else
+        block<false>(i, n, pre0, fac);
+    }
+  }
+};
+
+// Work is split into items of about this many elements; smaller calls run on the caller's
+// thread alone.
+constexpr int64_t ITEM_ELEMENTS = 32768;
+
+template <class P, class G, class A>
+ffi::Error run(ffi::ThreadPool& pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::AnyBuffer m, ffi::AnyBuffer v,
+               ffi::AnyBuffer w0, ffi::AnyBuffer rowb, ffi::AnyBuffer colb, ffi::AnyBuffer srow,
+               ffi::AnyBuffer scol, ffi::AnyBuffer rest, ffi::AnyBuffer scal, ffi::AnyBuffer upd,
+               ffi::AnyBuffer m_out, ffi::AnyBuffer v_out, int64_t rows, int64_t cols) {
+  const int64_t rc = rows * cols;
+  if (rc <= 0 || p.element_count() % rc != 0) return ffi::Error::InvalidArgument("lopt: bad tensor shape");
+  const int64_t batch = p.element_count() / rc;
+  auto expect = [&](ffi::AnyBuffer b, int64_t per_member) { return b.element_count() == batch * per_member; };
+  if (!expect(g, rc) || !expect(m, NM * rc) || !expect(v, rc) || !expect(w0, E * O) || !expect(rowb, O * rows) ||
+      !expect(colb, O * cols) || !expect(srow, NA * rows) || !expect(scol, NA * cols) || !expect(rest, NREST) ||
+      !expect(scal, NSCAL))
+    return ffi::Error::InvalidArgument("lopt: input sizes do not match the compiled architecture");
+  // m and v are aliased to their outputs; copy if XLA did not honour the alias.
+  if (m_out.untyped_data() != m.untyped_data())
+    std::memcpy(m_out.untyped_data(), m.untyped_data(), m.size_bytes());
+  if (v_out.untyped_data() != v.untyped_data())
+    std::memcpy(v_out.untyped_data(), v.untyped_data(), v.size_bytes());
+
+  auto member = [&](int64_t b) {
+    Member<P, G, A> mb;
+    mb.p = static_cast<const P*>(p.untyped_data()) + b * rc;
+    mb.g = static_cast<const G*>(g.untyped_data()) + b * rc;
+    mb.m = static_cast<A*>(m_out.untyped_data()) + b * NM * rc;
+    mb.v = static_cast<A*>(v_out.untyped_data()) + b * rc;
+    mb.upd = static_cast<P*>(upd.untyped_data()) + b * rc;
+    std::memcpy(mb.w0, static_cast<const float*>(w0.untyped_data()) + b * E * O, sizeof(mb.w0));
+    mb.rowb = static_cast<const float*>(rowb.untyped_data()) + b * O * rows;
+    mb.colb = static_cast<const float*>(colb.untyped_data()) + b * O * cols;
+    mb.srow = static_cast<const float*>(srow.untyped_data()) + b * NA * rows;
+    mb.scol = static_cast<const float*>(scol.untyped_data()) + b * NA * cols;
+    std::memcpy(mb.rest, static_cast<const float*>(rest.untyped_data()) + b * NREST, sizeof(mb.rest));
+    std::memcpy(mb.scal, static_cast<const float*>(scal.untyped_data()) + b * NSCAL, sizeof(mb.scal));
+    mb.rows = rows;
+    mb.cols = cols;
+    return mb;
+  };
+  const bool by_rows = cols >= L;
+  // Items: (member, range); rows (or flat elements, a multiple of L) per item.
+  const int64_t span = by_rows ? std::max<int64_t>(1, ITEM_ELEMENTS / cols) : ITEM_ELEMENTS;
+  const int64_t extent = by_rows ? rows : rc;
+  const int64_t per_member = (extent + span - 1) / span;
+  const int64_t items = batch * per_member;
+  auto do_item = [=](int64_t it) {
+    auto mb = member(it / per_member);
+    int64_t lo = (it % per_member) * span, hi = std::min(extent, lo + span);
+    if (by_rows)
+      mb.row_range(lo, hi);
+    else
+      mb.flat_range(lo, hi);
+  };
+  const int64_t threads = std::min<int64_t>(pool.num_threads(), items - 1);
+  if (threads <= 0) {
+    for (int64_t it = 0; it < items; ++it) do_item(it);
+    return ffi::Error::Success();
+  }
+  // Work sharing: helpers and the caller take items from one counter; the caller returns once
+  // every item is done. The shared state outlives the call (a late helper finds no item).
+  struct Shared {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto shared = std::make_shared<Shared>();
+  auto work = [shared, items, do_item]() {
+    for (int64_t it; (it = shared->next.fetch_add(1)) < items;) {
+      do_item(it);
+      shared->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t t = 0; t < threads; ++t) {
+    auto task = work;
+    pool.Schedule(std::move(task));
+  }
+  work();
+  while (shared->done.load(std::memory_order_acquire) < items) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+ffi::Error dispatch(ffi::ThreadPool pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::AnyBuffer m, ffi::AnyBuffer v,
+                    ffi::AnyBuffer w0, ffi::AnyBuffer rowb, ffi::AnyBuffer colb, ffi::AnyBuffer srow,
+                    ffi::AnyBuffer scol, ffi::AnyBuffer rest, ffi::AnyBuffer scal, ffi::Result<ffi::AnyBuffer> upd,
+                    ffi::Result<ffi::AnyBuffer> m_out, ffi::Result<ffi::AnyBuffer> v_out, int64_t rows,
+                    int64_t cols) {
+  using T = ffi::DataType;
+  for (auto b : {w0, rowb, colb, srow, scol, rest, scal})
+    if (b.element_type() != T::F32) return ffi::Error::InvalidArgument("lopt: weights must be float32");
+  if (m.element_type() != v.element_type() || upd->element_type() != p.element_type())
+    return ffi::Error::InvalidArgument("lopt: accumulator or update dtype mismatch");
+  const int key = (p.element_type() == T::BF16) * 4 + (g.element_type() == T::BF16) * 2 + (m.element_type() == T::BF16);
+  auto ok = [](T t) { return t == T::F32 || t == T::BF16; };
+  if (!ok(p.element_type()) || !ok(g.element_type()) || !ok(m.element_type()))
+    return ffi::Error::InvalidArgument("lopt: params, gradients and accumulators must be float32 or bfloat16");
+#define LOPT_CASE(K, P, G, A) \
+  case K:                     \
+    return run<P, G, A>(pool, p, g, m, v, w0, rowb, colb, srow, scol, rest, scal, *upd, *m_out, *v_out, rows, cols);
+  switch (key) {
+    LOPT_CASE(0, float, float, float)
+    LOPT_CASE(1, float, float, bf16)
+    LOPT_CASE(2, float, bf16, float)
+    LOPT_CASE(3, float, bf16, bf16)
+    LOPT_CASE(4, bf16, float, float)
+    LOPT_CASE(5, bf16, float, bf16)
+    LOPT_CASE(6, bf16, bf16, float)
+    LOPT_CASE(7, bf16, bf16, bf16)
+  }
+#undef LOPT_CASE
+  return ffi::Error::Internal("lopt: unreachable");
+}
+
+// ---- the normalizers: sum of squares of every feature (of a grid's elements) -------------
+
+template <class A>
+void feature_square_sums(const Member<float, float, A>& mb, double* sums) {
+  vf acc[E] = {};
+  vf fac[NA];
+  const vf lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  for (int64_t r = 0; r < mb.rows; ++r) {
+    for (int64_t c = 0; c < mb.cols; c += L) {
+      int n = mb.cols - c < L ? int(mb.cols - c) : L;
+      vf x[E];
+      if (n == L) {
+        for (int a = 0; a < NA; ++a) fac[a] = mb.srow[a * mb.rows + r] * load<true>(mb.scol + a * mb.cols + c, n);
+        mb.template features<true, false>(r * mb.cols + c, n, fac, x);
+        for (int f = 0; f < E; ++f) acc[f] += x[f] * x[f];
+      } else {
+        for (int a = 0; a < NA; ++a) fac[a] = mb.srow[a * mb.rows + r] * load<false>(mb.scol + a * mb.cols + c, n);
+        mb.template features<false, false>(r * mb.cols + c, n, fac, x);
+        vf valid = lane < float(n) ? splat(1.0f) : splat(0.0f);
+        for (int f = 0; f < E; ++f) acc[f] += (x[f] * valid) * (x[f] * valid);
+      }
+    }
+    if ((r & 63) == 63 || r == mb.rows - 1) {  // flush to double every 64 rows (accuracy)
+      for (int f = 0; f < E; ++f) {
+        for (int l = 0; l < L; ++l) sums[f] += acc[f][l];
+        acc[f] = vf{};
+      }
+    }
+  }
+}
+
+ffi::Error feature_stats_dispatch(ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::AnyBuffer m, ffi::AnyBuffer v,
+                                  ffi::AnyBuffer srow, ffi::AnyBuffer scol, ffi::AnyBuffer scal,
+                                  ffi::Result<ffi::AnyBuffer> out, int64_t rows, int64_t cols) {
+  using T = ffi::DataType;
+  const int64_t rc = rows * cols;
+  if (rc <= 0 || p.element_count() % rc != 0) return ffi::Error::InvalidArgument("lopt: bad grid shape");
+  const int64_t batch = p.element_count() / rc;
+  if (p.element_type() != T::F32 || g.element_type() != T::F32 || m.element_type() != v.element_type() ||
+      out->element_type() != T::F32 || out->element_count() != batch * E || g.element_count() != batch * rc ||
+      m.element_count() != batch * NM * rc || v.element_count() != batch * rc ||
+      srow.element_count() != batch * NA * rows || scol.element_count() != batch * NA * cols ||
+      scal.element_count() != batch * NSCAL)
+    return ffi::Error::InvalidArgument("lopt: feature_stats inputs do not match the compiled architecture");
+  auto run_one = [&](auto* m_ptr, int64_t b) {
+    using A = std::remove_const_t<std::remove_pointer_t<decltype(m_ptr)>>;
+    Member<float, float, A> mb{};
+    mb.p = static_cast<const float*>(p.untyped_data()) + b * rc;
+    mb.g = static_cast<const float*>(g.untyped_data()) + b * rc;
+    mb.m = m_ptr + b * NM * rc;
+    mb.v = static_cast<A*>(v.untyped_data()) + b * rc;
+    mb.srow = static_cast<const float*>(srow.untyped_data()) + b * NA * rows;
+    mb.scol = static_cast<const float*>(scol.untyped_data()) + b * NA * cols;
+    std::memcpy(mb.scal, static_cast<const float*>(scal.untyped_data()) + b * NSCAL, sizeof(mb.scal));
+    mb.rows = rows;
+    mb.cols = cols;
+    double sums[E] = {};
+    feature_square_sums(mb, sums);
+    float* o = static_cast<float*>(out->untyped_data()) + b * E;
+    for (int f = 0; f < E; ++f) o[f] = float(sums[f] / double(rc));
+  };
+  for (int64_t b = 0; b < batch; ++b) {
+    if (m.element_type() == T::F32)
+      run_one(static_cast<float*>(m.untyped_data()), b);
+    else if (m.element_type() == T::BF16)
+      run_one(static_cast<bf16*>(m.untyped_data()), b);
+    else
+      return ffi::Error::InvalidArgument("lopt: accumulators must be float32 or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
+// ---- Adafactor's statistics: mean over columns and over rows of g^2, in one pass ---------
+
+template <class G>
+void square_means(const G* g, int64_t rows, int64_t cols, float* row_out, float* col_out) {
+  for (int64_t c = 0; c < cols; ++c) col_out[c] = 0.0f;
+  for (int64_t r = 0; r < rows; ++r) {
+    const G* gr = g + r * cols;
+    vf acc = {};
+    int64_t c = 0;
+    for (; c + L <= cols; c += L) {
+      vf x = clip(load<true>(gr + c, L), -GRAD_CLIP, GRAD_CLIP);
+      vf x2 = x * x;
+      acc += x2;
+      store<true>(col_out + c, load<true>(col_out + c, L) + x2, L);
+    }
+    float row = 0.0f;
+    for (int l = 0; l < L; ++l) row += acc[l];
+    for (; c < cols; ++c) {
+      vf x = clip(load<false>(gr + c, 1), -GRAD_CLIP, GRAD_CLIP);
+      row += x[0] * x[0];
+      col_out[c] += x[0] * x[0];
+    }
+    row_out[r] = row / float(cols);
+  }
+  for (int64_t c = 0; c < cols; ++c) col_out[c] /= float(rows);
+}
+
+ffi::Error square_means_dispatch(ffi::ThreadPool pool, ffi::AnyBuffer g, ffi::Result<ffi::AnyBuffer> row_out,
+                                 ffi::Result<ffi::AnyBuffer> col_out, int64_t rows, int64_t cols) {
+  using T = ffi::DataType;
+  const int64_t rc = rows * cols;
+  if (rc <= 0 || g.element_count() % rc != 0 || row_out->element_type() != T::F32 ||
+      col_out->element_type() != T::F32)
+    return ffi::Error::InvalidArgument("lopt: bad square_means shapes or dtypes");
+  const int64_t batch = g.element_count() / rc;
+  if (row_out->element_count() != batch * rows || col_out->element_count() != batch * cols)
+    return ffi::Error::InvalidArgument("lopt: square_means output sizes");
+  float* rows_p = static_cast<float*>(row_out->untyped_data());
+  float* cols_p = static_cast<float*>(col_out->untyped_data());
+  for (int64_t b = 0; b < batch; ++b) {
+    if (g.element_type() == T::F32)
+      square_means(static_cast<const float*>(g.untyped_data()) + b * rc, rows, cols, rows_p + b * rows,
+                   cols_p + b * cols);
+    else if (g.element_type() == T::BF16)
+      square_means(static_cast<const bf16*>(g.untyped_data()) + b * rc, rows, cols, rows_p + b * rows,
+                   cols_p + b * cols);
+    else
+      return ffi::Error::InvalidArgument("lopt: gradients must be float32 or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptMlpStep, dispatch,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // p
+                                  .Arg<ffi::AnyBuffer>()  // g
+                                  .Arg<ffi::AnyBuffer>()  // m
+                                  .Arg<ffi::AnyBuffer>()  // v
+                                  .Arg<ffi::AnyBuffer>()  // w0
+                                  .Arg<ffi::AnyBuffer>()  // row bias
+                                  .Arg<ffi::AnyBuffer>()  // column bias
+                                  .Arg<ffi::AnyBuffer>()  // scaled rsqrt rows
+                                  .Arg<ffi::AnyBuffer>()  // rsqrt columns
+                                  .Arg<ffi::AnyBuffer>()  // later layers
+                                  .Arg<ffi::AnyBuffer>()  // scalars
+                                  .Ret<ffi::AnyBuffer>()  // update
+                                  .Ret<ffi::AnyBuffer>()  // new momenta
+                                  .Ret<ffi::AnyBuffer>()  // new second moment
+                                  .Attr<int64_t>("rows")
+                                  .Attr<int64_t>("cols"));
+
+extern "C" int LoptNativeSizes(int* out) {
+  out[0] = E;
+  out[1] = O;
+  out[2] = NREST;
+  out[3] = NSCAL;
+  return 4;
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptSquareMeans, square_means_dispatch,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // g
+                                  .Ret<ffi::AnyBuffer>()  // mean over columns (R,)
+                                  .Ret<ffi::AnyBuffer>()  // mean over rows (C,)
+                                  .Attr<int64_t>("rows")
+                                  .Attr<int64_t>("cols"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptFeatureStats, feature_stats_dispatch,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // p (f32)
+                                  .Arg<ffi::AnyBuffer>()  // g (f32)
+                                  .Arg<ffi::AnyBuffer>()  // m, before the step
+                                  .Arg<ffi::AnyBuffer>()  // v, before the step
+                                  .Arg<ffi::AnyBuffer>()  // scaled rsqrt rows
+                                  .Arg<ffi::AnyBuffer>()  // rsqrt columns
+                                  .Arg<ffi::AnyBuffer>()  // scalars
+                                  .Ret<ffi::AnyBuffer>()  // (E,) mean squares
+                                  .Attr<int64_t>("rows")
+                                  .Attr<int64_t>("cols"));
