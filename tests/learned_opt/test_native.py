@@ -1,0 +1,79 @@
+"""The native step (impl='native') agrees with the reference step; its derivative is the XLA form's."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import learned_opt
+from learned_opt import native
+from tests.learned_opt.conftest import mixed_params
+from tests.learned_opt.test_fused import BASE, _random_theta, _run
+
+NATIVE = dataclasses.replace(BASE, impl="native")
+REF = dataclasses.replace(BASE, impl="reference")
+SPEC = native.KernelSpec(len(BASE.momentum_decays), len(BASE.adafactor_decays), BASE.hidden_sizes)
+
+
+def test_kernel_compiles_here():
+    """CI has a compiler: the comparisons below test the kernel, not the XLA fallback."""
+    assert native.available(SPEC)
+
+
+@pytest.mark.parametrize(
+    "dtype, acc_dtype, normalizer_samples",
+    [(jnp.float32, "float32", 16384), (jnp.bfloat16, "bfloat16", 16384), (jnp.float32, "bfloat16", 10)],
+    ids=["f32-exact", "bf16-exact", "f32-bf16state-grid"],
+)
+def test_native_matches_reference_on_mixed_pytrees(dtype, acc_dtype, normalizer_samples):
+    params = mixed_params(dtype)  # dense kernel, bias, conv kernel, scalar, vector
+    theta = _random_theta(REF)
+    kw = dict(normalizer_samples=normalizer_samples, accumulator_dtype=acc_dtype)
+    ups_n, st_n = _run(dataclasses.replace(NATIVE, **kw), theta, params)
+    ups_r, st_r = _run(dataclasses.replace(REF, **kw), theta, params)
+    tol = dict(rtol=1e-4, atol=1e-7) if dtype == jnp.float32 else dict(rtol=2e-2, atol=1e-5)
+    for un, ur in zip(ups_n, ups_r):
+        for a, b in zip(jax.tree.leaves(un), jax.tree.leaves(ur)):
+            assert a.dtype == b.dtype == dtype
+            np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **tol)
+    for a, b in zip(jax.tree.leaves(st_n), jax.tree.leaves(st_r)):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-6)
+    assert float(jnp.max(jnp.abs(ups_r[-1]["dense"]["kernel"].astype(jnp.float32)))) > 1e-5
+
+
+def test_native_under_vmap_matches_per_member():
+    params = {"w": jax.random.normal(jax.random.key(0), (40, 24)), "b": jnp.zeros(24)}
+    theta = _random_theta(REF)
+    grads = [jax.tree.map(lambda p, s=s: s * jnp.ones_like(p) + jnp.sin(p), params) for s in (0.5, 2.0)]
+    one = lambda g: NATIVE.update(theta, g, NATIVE.init_state(params), params, loss=jnp.float32(1.0))[0]  # noqa: E731
+    batched = jax.jit(jax.vmap(one))(jax.tree.map(lambda *x: jnp.stack(x), *grads))
+    for i, g in enumerate(grads):
+        ref = REF.update(theta, g, REF.init_state(params), params, loss=jnp.float32(1.0))[0]
+        for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b), rtol=1e-4, atol=1e-8)
+
+
+def test_meta_gradient_through_native_matches_reference():
+    params = {"w": jax.random.normal(jax.random.key(2), (6, 5)), "b": jnp.zeros(5)}
+    x = jax.random.normal(jax.random.key(3), (16, 6))
+
+    def meta_loss(theta, arch):
+        p, s = params, arch.init_state(params)
+        for _ in range(3):
+            loss, g = jax.value_and_grad(lambda p: jnp.mean(jnp.tanh(x @ p["w"] + p["b"]) ** 2))(p)
+            u, s = arch.update(theta, g, s, p, loss=loss)
+            p = jax.tree.map(jnp.add, p, u)
+        return jnp.mean(jnp.tanh(x @ p["w"] + p["b"]) ** 2)
+
+    theta = _random_theta(REF)
+    g_n, g_r = jax.grad(meta_loss)(theta, NATIVE), jax.grad(meta_loss)(theta, REF)
+    for a, b in zip(jax.tree.leaves(g_n), jax.tree.leaves(g_r)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=1e-9)
+
+
+def test_native_registered_in_impls():
+    with pytest.raises(ValueError, match="impl='bogus'"):
+        learned_opt.MLPLOpt(impl="bogus")
