@@ -2,15 +2,20 @@
 
     .venv/bin/python benchmarks/step_time.py                 # the default arch, 100k and 2M MLPs
     .venv/bin/python benchmarks/step_time.py --arch mlp --sizes 2m 25m lm --set impl=reference
+    .venv/bin/python benchmarks/step_time.py --impls fused native reference --repeats 40
 
 For each model (MLPs by size; "lm": a 4-layer width-256 transformer LM, sequence 128, batch 32,
 from tasks/models/transformer.py) it times (median over repeats, after compilation):
   full step   = forward + backward + optimizer update + apply, batch 128
   update only = optimizer update + apply, on fixed gradients
 and prints both times and the ratio learned / adamw. Buffers are donated, as in real training.
+The timed calls of AdamW and of every learned-optimizer variant (--impls) are interleaved, one
+call of each per repeat, so that a shared machine's slow moments hit all of them alike.
 It also reports the optimizer state's bytes per parameter, and the per-parameter network's
 FLOPs divided by the update time against a plain f32 matmul's FLOP/s measured in the same run
-(a lower bound: the update also computes features and statistics).
+(a lower bound: the update also computes features and statistics). For impl=native it also
+times the per-element pass alone (the kernel: accumulators, features, the network and the
+update for every parameter, without the per-tensor work around it), the "MLP part".
 """
 
 from __future__ import annotations
@@ -70,21 +75,9 @@ def mlp_loss(params, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def time_fn(fn, args, repeats):
-    """Median seconds per call; `fn` returns its (donated) args' replacements."""
-    args = fn(*args)  # compile + warm up
-    jax.block_until_ready(args)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        args = fn(*args)
-        jax.block_until_ready(args)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def compiled_steps(tx, params, x, y, loss_fn=mlp_loss):
+    """(full, update_only): jitted steps that donate and return (params, state)."""
 
-
-def bench(tx, params, x, y, repeats, loss_fn=mlp_loss):
-    @jax.jit
     def full(params, state):
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
         updates, state = tx.update(grads, state, params, loss=loss)
@@ -92,17 +85,61 @@ def bench(tx, params, x, y, repeats, loss_fn=mlp_loss):
 
     grads = jax.grad(loss_fn)(params, x, y)
 
-    @jax.jit
     def update_only(params, state):
         updates, state = tx.update(grads, state, params, loss=jnp.float32(1.0))
         return optax.apply_updates(params, updates), state
 
-    full_d = jax.jit(full, donate_argnums=(0, 1))
-    upd_d = jax.jit(update_only, donate_argnums=(0, 1))
-    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
-    t_full = time_fn(full_d, (copy(params), tx.init(params)), repeats)
-    t_upd = time_fn(upd_d, (copy(params), tx.init(params)), repeats)
-    return t_full, t_upd
+    return jax.jit(full, donate_argnums=(0, 1)), jax.jit(update_only, donate_argnums=(0, 1))
+
+
+def interleaved_medians(fns_and_args, repeats):
+    """Median seconds per call of each fn, timing one call of each in turn per repeat.
+
+    Each fn returns its (donated) args' replacements, which feed its next call.
+    """
+    args = []
+    for fn, a in fns_and_args:  # compile + warm up
+        a = fn(*a)
+        jax.block_until_ready(a)
+        args.append(a)
+    times = [[] for _ in fns_and_args]
+    for _ in range(repeats):
+        for i, (fn, _) in enumerate(fns_and_args):
+            t0 = time.perf_counter()
+            args[i] = fn(*args[i])
+            jax.block_until_ready(args[i])
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def native_pass(arch, params):
+    """A jitted call of the native per-element pass on every leaf (as in the update, with
+    random inputs), and its donated arguments: the kernel's share of the update."""
+    from learned_opt import native
+    from learned_opt.tree_util import matrix_shape
+
+    spec = native.KernelSpec(len(arch.momentum_decays), len(arch.adafactor_decays), arch.hidden_sizes)
+    e, o, na = spec.num_elementwise, spec.num_outputs, spec.n_adafactor
+    acc_dtype = jnp.dtype(arch.accumulator_dtype)
+    theta = arch.init_theta(jax.random.key(0))
+    rest = native.pack_rest(theta["mlp"][1:])
+    scal = native.pack_scalars(arch.momentum_decays, arch.rms_decay, 10.0, arch.exp_mult, jnp.float32(1e-3))
+    w0 = jax.random.normal(jax.random.key(1), (e, o)) * 0.1
+    ones = lambda *shape: jnp.ones(shape, jnp.float32)  # noqa: E731
+    fixed, state = [], []
+    for leaf in jax.tree.leaves(params):
+        r, c = matrix_shape(leaf.shape)
+        fixed.append((leaf.reshape(r, c), jnp.sin(leaf).reshape(r, c), ones(o, r), ones(o, c), ones(na, r), ones(na, c)))
+        state.append((jnp.zeros((spec.n_momenta, r, c), acc_dtype), jnp.ones((r, c), acc_dtype)))
+
+    def run(state):
+        out = []
+        for (p, g, rowb, colb, srow, scol), (m, v) in zip(fixed, state):
+            _, m, v = native.step(spec, p, g, m, v, w0, rowb, colb, srow, scol, rest, scal)
+            out.append((m, v))
+        return (out,)
+
+    return jax.jit(run, donate_argnums=0), (state,)
 
 
 def network_flops_per_param(arch) -> int:
@@ -131,6 +168,8 @@ def main(argv=None):
     ap.add_argument("--arch", default="mlp_small", choices=sorted(learned_opt.ARCHITECTURES))
     ap.add_argument("--sizes", nargs="+", default=["100k", "2m"], choices=sorted(SIZES) + ["lm"])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--impls", nargs="+", choices=("fused", "native", "reference"),
+                    help="MLPLOpt implementations to time side by side (default: the arch's own)")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="override MLPLOpt fields, e.g. impl=reference 'hidden_sizes=(8,)'")
     args = ap.parse_args(argv)
@@ -147,7 +186,8 @@ def main(argv=None):
             pass  # a bare string such as impl=reference
         arch = dataclasses.replace(arch, **{field: value})
     theta = arch.init_theta(jax.random.key(0))
-    lopt = learned_opt.to_optax(arch, theta)
+    impls = args.impls or [arch.impl]
+    lopts = {impl: learned_opt.to_optax(dataclasses.replace(arch, impl=impl), theta) for impl in impls}
     adamw = optax.adamw(1e-3)
     print(f"device: {jax.devices()[0].device_kind}  arch: {args.arch} {arch}")
     print(f"meta-parameters: {learned_opt.num_params(theta):,}  network: "
@@ -155,7 +195,7 @@ def main(argv=None):
     matmul = matmul_flops_per_s()
     net_flops = network_flops_per_param(arch)
     print(f"f32 matmul: {matmul / 1e9:.0f} GFLOP/s; network: {net_flops} FLOPs per parameter")
-    print(f"{'size':>6} {'params':>10} | {'full adamw':>11} {'full lopt':>11} {'ratio':>7} | "
+    print(f"{'size':>6} {'params':>10} {'impl':>9} | {'full adamw':>11} {'full lopt':>11} {'ratio':>7} | "
           f"{'upd adamw':>10} {'upd lopt':>10} {'ratio':>7} | {'net GFLOP/s':>11} {'of matmul':>9} | "
           f"{'state B/param':>13}")
     for size in args.sizes:
@@ -165,16 +205,29 @@ def main(argv=None):
             params, loss_fn = mlp_params(jax.random.key(1), SIZES[size]), mlp_loss
             x = jax.random.normal(jax.random.key(2), (BATCH, 784))
             y = jax.random.randint(jax.random.key(3), (BATCH,), 0, 10)
-        fa, ua = bench(adamw, params, x, y, args.repeats, loss_fn)
-        fl, ul = bench(lopt, params, x, y, args.repeats, loss_fn)
+        txs = [adamw, *lopts.values()]
+        steps = [compiled_steps(tx, params, x, y, loss_fn) for tx in txs]
+        copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
+        fulls = interleaved_medians(
+            [(full, (copy(params), tx.init(params))) for tx, (full, _) in zip(txs, steps)], args.repeats)
+        upds = interleaved_medians(
+            [(upd, (copy(params), tx.init(params))) for tx, (_, upd) in zip(txs, steps)], args.repeats)
         n = learned_opt.num_params(params)
-        achieved = net_flops * n / ul  # network FLOPs over the whole update's time
-        state_bytes = sum(x.nbytes for x in jax.tree.leaves(lopt.init(params)))
         adamw_bytes = sum(x.nbytes for x in jax.tree.leaves(adamw.init(params)))
-        print(f"{size:>6} {n:>10,} | {fa * 1e3:>9.2f}ms {fl * 1e3:>9.2f}ms {fl / fa:>6.2f}x | "
-              f"{ua * 1e3:>8.2f}ms {ul * 1e3:>8.2f}ms {ul / ua:>6.1f}x | "
-              f"{achieved / 1e9:>11.1f} {achieved / matmul:>8.1%} | "
-              f"{state_bytes / n:>5.1f} (adamw {adamw_bytes / n:.1f})")
+        (fa, *fls), (ua, *uls) = fulls, upds
+        if "native" in lopts:
+            (t_pass,) = interleaved_medians([native_pass(arch, params)], args.repeats)
+        for impl, lopt, fl, ul in zip(lopts, lopts.values(), fls, uls):
+            achieved = net_flops * n / ul  # network FLOPs over the whole update's time
+            state_bytes = sum(x.nbytes for x in jax.tree.leaves(lopt.init(params)))
+            print(f"{size:>6} {n:>10,} {impl:>9} | {fa * 1e3:>9.2f}ms {fl * 1e3:>9.2f}ms {fl / fa:>6.2f}x | "
+                  f"{ua * 1e3:>8.2f}ms {ul * 1e3:>8.2f}ms {ul / ua:>6.1f}x | "
+                  f"{achieved / 1e9:>11.1f} {achieved / matmul:>8.1%} | "
+                  f"{state_bytes / n:>5.1f} (adamw {adamw_bytes / n:.1f})")
+        if "native" in lopts:
+            achieved = net_flops * n / t_pass
+            print(f"{'':>17} the native per-element pass alone: {t_pass * 1e3:.2f} ms, "
+                  f"{achieved / 1e9:.1f} GFLOP/s of network = {achieved / matmul:.1%} of the matmul's")
 
 
 if __name__ == "__main__":

@@ -67,8 +67,11 @@ class MLPLOpt:
     init_like_adam: start theta as per-tensor-normalized Adam (see module docstring).
     out_init_scale: std of the last layer at init, relative to 1/sqrt(fan_in): small, so the MLP
         starts as a small correction.
-    impl: "reference" (stacked features, matmuls) or "fused" (elementwise, small networks only;
-        learned_opt.fused). Same state, same theta, same result to float tolerance.
+    impl: "reference" (stacked features, matmuls), "fused" (elementwise XLA, small networks
+        only; learned_opt.fused) or "native" (the per-element work as one native CPU loop per
+        tensor, compiled on first use, the XLA form elsewhere and under differentiation; small
+        networks only; learned_opt.native). Same state, same theta, same result to float
+        tolerance.
     normalizer_samples: a tensor's feature normalizers (RMS over the tensor) are estimated on a
         strided grid of at most this many of its elements, exact where the grid is not
         representative (learned_opt.normalizers); 0 uses every element. Tensors up to this
@@ -127,9 +130,9 @@ class MLPLOpt:
         macs = self.num_features * self.hidden_sizes[0] + sum(
             a * b for a, b in zip(self.hidden_sizes[:-1], self.hidden_sizes[1:])
         )
-        if self.impl == "fused" and macs > fused.MAX_UNROLLED_MACS:
+        if self.impl in ("fused", "native") and macs > fused.MAX_UNROLLED_MACS:
             raise ValueError(
-                f"MLPLOpt(impl='fused') unrolls the network elementwise, for small networks only: "
+                f"MLPLOpt(impl={self.impl!r}) unrolls the network elementwise, for small networks only: "
                 f"hidden_sizes={self.hidden_sizes} needs {macs} multiply-adds per parameter, over "
                 f"the limit {fused.MAX_UNROLLED_MACS}. Use impl='reference' or smaller hidden sizes."
             )
@@ -315,15 +318,12 @@ class MLPLOpt:
         """The same step with the per-element work in one native loop (learned_opt.native).
 
         Here only per-tensor, per-row and per-column quantities are computed: Adafactor's
-        row/column statistics, the normalizers (on the grid, from the grid's own accumulator
-        updates), and the first layer with the normalizers and row/column features folded in.
+        row/column statistics, the normalizers (from a native pass over the grid's rows), and
+        the first layer with the normalizers and row/column features folded in.
         """
         shape = tuple(jnp.shape(p))
         rows, cols = matrix_shape(shape)
         dtype = acc.rms_RxC.dtype
-        g_RxC = jnp.clip(g.astype(jnp.float32), -feat_lib.GRAD_CLIP, feat_lib.GRAD_CLIP).reshape(rows, cols)
-        p_RxC = p.astype(jnp.float32).reshape(rows, cols)
-        m_decays = jnp.asarray(self.momentum_decays, jnp.float32)
         a_decays = jnp.asarray(self.adafactor_decays, jnp.float32)
         spec = native.KernelSpec(len(self.momentum_decays), len(self.adafactor_decays), self.hidden_sizes)
         g2_row_R, g2_col_C = native.square_means(spec, g.reshape(rows, cols))
@@ -336,25 +336,22 @@ class MLPLOpt:
 
         eps = feat_lib.RSQRT_EPS
 
-        def statistics(p_RxC, g_RxC, acc_rc):
-            """Over (a grid of) the tensor: mean second moment, mean squares of the features."""
-            v_new = acc_lib.update_elementwise(acc_rc, g_RxC, m_decays, self.rms_decay).rms_RxC
-            rms_mean = jnp.mean(v_new.astype(jnp.float32))
-            v_cap = feat_lib.RSQRT_CAP * jax.lax.rsqrt(rms_mean + eps)
-            ms_E = native.feature_mean_squares(
-                spec,
-                p_RxC,
-                g_RxC,
-                acc_rc.momentum_MxRxC,
-                acc_rc.rms_RxC,
-                jax.lax.rsqrt(acc_rc.row_AxR.astype(jnp.float32) + eps) * jnp.sqrt(row_mean_Ax1 + eps),
-                jax.lax.rsqrt(acc_rc.col_AxC.astype(jnp.float32) + eps),
-                native.pack_scalars(self.momentum_decays, self.rms_decay, v_cap, 0.0, jnp.float32(0.0)),
-            )
-            return rms_mean, ms_E
+        def statistics(p_RxC, g_RxC, acc_rc, row_stride, col_stride):
+            """Over a grid of the tensor: mean second moment, mean squares of the features."""
+            srow_AxR = jax.lax.rsqrt(acc_rc.row_AxR.astype(jnp.float32) + eps) * jnp.sqrt(row_mean_Ax1 + eps)
+            scol_AxC = jax.lax.rsqrt(acc_rc.col_AxC.astype(jnp.float32) + eps)
+            m_MxRxC, v_RxC = acc_rc.momentum_MxRxC, acc_rc.rms_RxC
+            if col_stride > 1:  # rows longer than the grid: columns sliced here, rows by the kernel
+                p_RxC, g_RxC, v_RxC = (x[:, ::col_stride] for x in (p_RxC, g_RxC, v_RxC))
+                m_MxRxC, scol_AxC = m_MxRxC[..., ::col_stride], scol_AxC[:, ::col_stride]
+            # The cap slot is a multiplier here: the kernel caps at RSQRT_CAP * rsqrt(mean v).
+            scal = native.pack_scalars(self.momentum_decays, self.rms_decay, feat_lib.RSQRT_CAP, 0.0, jnp.float32(0.0))
+            return native.grid_statistics(spec, p_RxC, g_RxC, m_MxRxC, v_RxC, srow_AxR, scol_AxC, scal, row_stride)
 
         sr, sc = norm_lib.normalizer_strides(rows, cols, self.normalizer_samples)
-        rms_mean, ms_E = norm_lib.grid_or_exact(statistics, (p_RxC, g_RxC, acc_rc), sr, sc, g2_row_means=g2_row_R)
+        rms_mean, ms_E = norm_lib.grid_or_exact(
+            statistics, (p.reshape(rows, cols), g.reshape(rows, cols), acc_rc), sr, sc, g2_row_means=g2_row_R, strided=True
+        )
         rsqrt_row_AxR = jax.lax.rsqrt(row_AxR.astype(jnp.float32) + eps)
         rsqrt_col_AxC = jax.lax.rsqrt(col_AxC.astype(jnp.float32) + eps)
         rows_KxR = feat_lib.capped_rsqrt(rsqrt_row_AxR, row_mean_Ax1)

@@ -207,7 +207,7 @@ def _target(spec: KernelSpec) -> str | None:
     name = "lopt_" + "_".join(map(str, (spec.n_momenta, spec.n_adafactor, *spec.hidden_sizes)))
     jax.ffi.register_ffi_target(name + "_step", jax.ffi.pycapsule(lib.LoptMlpStep), platform="cpu")
     jax.ffi.register_ffi_target(name + "_square_means", jax.ffi.pycapsule(lib.LoptSquareMeans), platform="cpu")
-    jax.ffi.register_ffi_target(name + "_feature_stats", jax.ffi.pycapsule(lib.LoptFeatureStats), platform="cpu")
+    jax.ffi.register_ffi_target(name + "_grid_statistics", jax.ffi.pycapsule(lib.LoptGridStatistics), platform="cpu")
     _LIBRARIES[spec] = lib
     return name
 
@@ -278,36 +278,55 @@ def _square_means_jvp(spec, primals, tangents):
     return jax.jvp(square_means_reference, primals, tangents)
 
 
-def feature_mean_squares_reference(spec: KernelSpec, p, g, m, v, srow, scol, scal):
-    """(E,) mean over the elements of each feature squared: the normalizers' statistics."""
+def _on_rows(row_stride: int, p, g, m, v, srow):
+    """The inputs' values on rows 0, row_stride, 2 row_stride, ... (the grid of whole rows)."""
+    return p[::row_stride], g[::row_stride], m[:, ::row_stride], v[::row_stride], srow[:, ::row_stride]
+
+
+def grid_statistics_reference(spec: KernelSpec, p, g, m, v, srow, scol, scal, row_stride: int = 1):
+    """(mean v after the step, (E,) mean square of every feature) over the tensor's rows
+    0, row_stride, ...: the normalizers' statistics, from the inputs before the step.
+
+    scal is pack_scalars' layout, with the cap slot a multiplier: the bare rsqrt(v) feature is
+    capped at scal[cap] * rsqrt(mean v + eps), the mean over the same rows.
+    """
+    p, g, m, v, srow = _on_rows(row_stride, p, g, m, v, srow)
+    nm = spec.n_momenta
+    g32 = jnp.clip(g.astype(jnp.float32), -feat_lib.GRAD_CLIP, feat_lib.GRAD_CLIP)
+    v_new = scal[2 * nm] * v.astype(jnp.float32) + scal[2 * nm + 1] * (g32 * g32)
+    rms_mean = jnp.mean(v_new.astype(v.dtype).astype(jnp.float32))
+    scal = scal.at[2 * nm + 2].multiply(jax.lax.rsqrt(rms_mean + feat_lib.RSQRT_EPS))
     feats, _, _ = _reference_features(spec, p, g, m, v, srow, scol, scal)
-    return jnp.stack([jnp.mean(jnp.square(f)) for f in feats])
+    return rms_mean, jnp.stack([jnp.mean(jnp.square(f)) for f in feats])
 
 
-def _ffi_feature_mean_squares(spec: KernelSpec, p, g, m, v, srow, scol, scal):
+def _ffi_grid_statistics(spec: KernelSpec, row_stride: int, p, g, m, v, srow, scol, scal):
     target = _target(spec)
     if target is None:
-        return feature_mean_squares_reference(spec, p, g, m, v, srow, scol, scal)
+        return grid_statistics_reference(spec, p, g, m, v, srow, scol, scal, row_stride)
     rows, cols = p.shape
     call = jax.ffi.ffi_call(
-        target + "_feature_stats", jax.ShapeDtypeStruct((spec.num_elementwise,), jnp.float32), vmap_method="broadcast_all"
+        target + "_grid_statistics",
+        jax.ShapeDtypeStruct((1 + spec.num_elementwise,), jnp.float32),
+        vmap_method="broadcast_all",
     )
-    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
-    return call(f32(p), f32(g), m, v, srow, scol, scal, rows=np.int64(rows), cols=np.int64(cols))
+    out = call(p, g, m, v, srow, scol, scal, rows=np.int64(rows), cols=np.int64(cols), row_stride=np.int64(row_stride))
+    return out[..., 0], out[..., 1:]
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def feature_mean_squares(spec: KernelSpec, p, g, m, v, srow, scol, scal):
-    """Mean square of every feature over (a grid of) a tensor, from its inputs before the step:
-    one native pass, where XLA:CPU's 16-output reduction runs ~10x slower."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 8))
+def grid_statistics(spec: KernelSpec, p, g, m, v, srow, scol, scal, row_stride: int = 1):
+    """`grid_statistics_reference` in one native call on CPU that reads the grid's rows in
+    place (two passes over them; XLA would slice them out, and runs its 16-output reduction
+    ~10x slower). Differentiable: the derivative is the reference's."""
     args = (p, g, m, v, srow, scol, scal)
     return jax.lax.platform_dependent(
         *args,
-        cpu=lambda *a: _ffi_feature_mean_squares(spec, *a),
-        default=lambda *a: feature_mean_squares_reference(spec, *a),
+        cpu=lambda *a: _ffi_grid_statistics(spec, row_stride, *a),
+        default=lambda *a: grid_statistics_reference(spec, *a, row_stride),
     )
 
 
-@feature_mean_squares.defjvp
-def _feature_mean_squares_jvp(spec, primals, tangents):
-    return jax.jvp(functools.partial(feature_mean_squares_reference, spec), primals, tangents)
+@grid_statistics.defjvp
+def _grid_statistics_jvp(spec, row_stride, primals, tangents):
+    return jax.jvp(lambda *a: grid_statistics_reference(spec, *a, row_stride), primals, tangents)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from learned_opt import accumulators as acc_lib
-from learned_opt.features import NORMALIZE_EPS
+from learned_opt.features import GRAD_CLIP, NORMALIZE_EPS
 
 # The grid is trusted while its means (see `grid_or_exact`) are within this factor of the exact
 # ones, i.e. its RMS estimates within about 2x. Measured while training a width-1024 MLP on
@@ -58,7 +58,7 @@ def _within(grid_mean, exact_mean):
     return jnp.all(close | (exact_mean == 0.0))
 
 
-def grid_or_exact(statistics, full_inputs, row_stride: int, col_stride: int, *, g2_row_means=None):
+def grid_or_exact(statistics, full_inputs, row_stride: int, col_stride: int, *, g2_row_means=None, strided=False):
     """`statistics(p, g, acc)` on the strided grid of the inputs, or on all of them where the
     grid is not representative. With strides (1, 1) the grid is the tensor: no choice to make.
 
@@ -71,21 +71,35 @@ def grid_or_exact(statistics, full_inputs, row_stride: int, col_stride: int, *, 
     sliced, not its features: slicing features would give every full-size feature a second
     user, and XLA would store them all; for the same reason the exact branch reads its inputs
     through an optimization barrier. Under vmap both branches run. `g2_row_means` (R,), the
-    per-row mean of g^2 where the caller already has it, saves a pass over g.
+    per-row mean of clip(g)^2 where the caller already has it, saves a pass over g.
+
+    strided: `statistics(p, g, acc, row_stride, col_stride)` reads the grid from the full
+    inputs itself (called with strides (1, 1) for every element), instead of being given it.
     """
     if (row_stride, col_stride) == (1, 1):
-        return statistics(*full_inputs)
+        return statistics(*full_inputs, 1, 1) if strided else statistics(*full_inputs)
     p_RxC, g_RxC, acc = full_inputs
+    g_RxC = jnp.clip(g_RxC.astype(jnp.float32), -GRAD_CLIP, GRAD_CLIP)
     if g2_row_means is None:
         g2_row_means = jnp.mean(jnp.square(g_RxC), axis=1)
-    grid_g = g_RxC[::row_stride, ::col_stride]
-    grid_acc = acc_lib.on_grid(acc, row_stride, col_stride)
-    grid = statistics(p_RxC[::row_stride, ::col_stride], grid_g, grid_acc)
+    if col_stride == 1:  # whole rows: the grid's mean square is its rows' mean
+        grid_g2 = jnp.mean(g2_row_means[::row_stride])
+    else:
+        grid_g2 = jnp.mean(jnp.square(g_RxC[::row_stride, ::col_stride]))
+    if strided:
+        grid = statistics(*full_inputs, row_stride, col_stride)
+    else:
+        grid_acc = acc_lib.on_grid(acc, row_stride, col_stride)
+        grid = statistics(p_RxC[::row_stride, ::col_stride], g_RxC[::row_stride, ::col_stride], grid_acc)
     row_AxR, col_AxC = acc.row_AxR.astype(jnp.float32), acc.col_AxC.astype(jnp.float32)
     trusted = (
-        _within(jnp.mean(jnp.square(grid_g)), jnp.mean(g2_row_means))
+        _within(grid_g2, jnp.mean(g2_row_means))
         & _within(jnp.mean(row_AxR[:, ::row_stride], axis=1), jnp.mean(row_AxR, axis=1))
         & _within(jnp.mean(col_AxC[:, ::col_stride], axis=1), jnp.mean(col_AxC, axis=1))
     )
-    exact = lambda _: statistics(*jax.lax.optimization_barrier(full_inputs))  # noqa: E731
+
+    def exact(_):
+        inputs = jax.lax.optimization_barrier(full_inputs)
+        return statistics(*inputs, 1, 1) if strided else statistics(*inputs)
+
     return jax.lax.cond(trusted, lambda _: grid, exact, None)

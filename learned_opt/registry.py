@@ -19,13 +19,13 @@ ARCHITECTURES: dict[str, object] = {
     # muLO: the same network with mu-P scaled updates, transfers across widths.
     "mulo": MLPLOpt(mup=True),
     # The default of the recipes (meta_train.config) and benchmarks: 33 -> 4 -> 2 with three
-    # momenta, fused step, bf16 accumulators (8 bytes of state per parameter, like AdamW). Picked
-    # by benchmarks/lopt_size_tradeoff.sh: hidden 4/8/16/32 and 3/5 momenta meta-trained the same
-    # way evaluate within seed noise of each other (five momenta slightly better), and this one's
-    # full training step is ~2x AdamW's on a 2M-parameter MLP (benchmarks/step_time.py;
-    # docs/design_notes.md).
+    # momenta, native step, bf16 accumulators (8 bytes of state per parameter, like AdamW).
+    # Picked by benchmarks/lopt_size_tradeoff.sh: hidden 4/8/16/32 and 3/5 momenta meta-trained
+    # the same way evaluate within seed noise of each other (five momenta slightly better), and
+    # this one's full training step is ~1.5x AdamW's on a 2M-parameter MLP (fused: ~2x;
+    # benchmarks/step_time.py, docs/design_notes.md).
     "mlp_small": MLPLOpt(
-        hidden_sizes=(4,), momentum_decays=(0.5, 0.9, 0.99), impl="fused", accumulator_dtype="bfloat16"
+        hidden_sizes=(4,), momentum_decays=(0.5, 0.9, 0.99), impl="native", accumulator_dtype="bfloat16"
     ),
     # Reads the loss as well.
     "mlp_loss": MLPLOpt(hidden_sizes=(4, 4), loss_features=True, impl="fused"),
