@@ -15,7 +15,8 @@ It also reports the optimizer state's bytes per parameter, and the per-parameter
 FLOPs divided by the update time against a plain f32 matmul's FLOP/s measured in the same run
 (a lower bound: the update also computes features and statistics). For impl=native it also
 times the per-element pass alone (the kernel: accumulators, features, the network and the
-update for every parameter, without the per-tensor work around it), the "MLP part".
+update for every parameter, without the per-tensor work around it), the "MLP part", against
+both limits: the matmul's FLOP/s and the memory bandwidth of XLA's own elementwise loop.
 """
 
 from __future__ import annotations
@@ -142,6 +143,22 @@ def native_pass(arch, params):
     return jax.jit(run, donate_argnums=0), (state,)
 
 
+def stream_bytes_per_s(repeats: int, n: int = 16 * 2**20) -> float:
+    """Memory bandwidth of XLA's own elementwise loop, out = 1.5 x + y on n f32 (two reads,
+    one write; 192 MB, far over any cache): the other limit of the per-element pass."""
+    x, y = jnp.ones((n,), jnp.float32), jnp.ones((n,), jnp.float32)
+    f = jax.jit(lambda x, y: (x, 1.5 * x + y), donate_argnums=(0, 1))
+    (t,) = interleaved_medians([(f, (x, y))], repeats)
+    return 3 * 4 * n / t
+
+
+def native_pass_bytes(arch, params) -> int:
+    """Bytes the native pass reads and writes: p, g, m and v in; update, m and v out."""
+    acc = jnp.dtype(arch.accumulator_dtype).itemsize
+    n_m = len(arch.momentum_decays)
+    return sum(x.size * (3 * x.dtype.itemsize + 2 * (n_m + 1) * acc) for x in jax.tree.leaves(params))
+
+
 def network_flops_per_param(arch) -> int:
     """FLOPs of the per-parameter network alone (multiply-adds x 2, skip included): a lower
     bound on the update's work, which also computes features and accumulators."""
@@ -150,17 +167,16 @@ def network_flops_per_param(arch) -> int:
     return 2 * macs
 
 
-def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
-    """Achieved FLOP/s of a plain f32 n x n matmul on this device: the compute reference."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(f(a))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(a))
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
+MATMUL_N = 2048
+
+
+def matmul_flops_per_s(repeats: int) -> float:
+    """FLOP/s of a plain f32 MATMUL_N x MATMUL_N matmul, the compute reference. Timed right
+    before and after what it is compared with (the machine's speed drifts), not interleaved
+    with it: its 48 MB would evict the update's data from cache between calls."""
+    a = jax.random.normal(jax.random.key(0), (MATMUL_N, MATMUL_N), jnp.float32)
+    (t,) = interleaved_medians([(jax.jit(lambda a, _: (a, a @ a)), (a, a))], repeats)
+    return 2 * MATMUL_N**3 / t
 
 
 def main(argv=None):
@@ -192,9 +208,8 @@ def main(argv=None):
     print(f"device: {jax.devices()[0].device_kind}  arch: {args.arch} {arch}")
     print(f"meta-parameters: {learned_opt.num_params(theta):,}  network: "
           f"{' -> '.join(map(str, (arch.num_features, *arch.hidden_sizes, 2)))}")
-    matmul = matmul_flops_per_s()
     net_flops = network_flops_per_param(arch)
-    print(f"f32 matmul: {matmul / 1e9:.0f} GFLOP/s; network: {net_flops} FLOPs per parameter")
+    print(f"network: {net_flops} FLOPs per parameter; f32 matmul: {MATMUL_N}^3")
     print(f"{'size':>6} {'params':>10} {'impl':>9} | {'full adamw':>11} {'full lopt':>11} {'ratio':>7} | "
           f"{'upd adamw':>10} {'upd lopt':>10} {'ratio':>7} | {'net GFLOP/s':>11} {'of matmul':>9} | "
           f"{'state B/param':>13}")
@@ -210,13 +225,17 @@ def main(argv=None):
         copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
         fulls = interleaved_medians(
             [(full, (copy(params), tx.init(params))) for tx, (full, _) in zip(txs, steps)], args.repeats)
+        matmul_before = matmul_flops_per_s(args.repeats)
         upds = interleaved_medians(
             [(upd, (copy(params), tx.init(params))) for tx, (_, upd) in zip(txs, steps)], args.repeats)
+        if "native" in lopts:
+            (t_pass,) = interleaved_medians([native_pass(arch, params)], args.repeats)
+        matmul = max(matmul_before, matmul_flops_per_s(args.repeats))  # the faster: conservative
+        if "native" in lopts:
+            stream = stream_bytes_per_s(args.repeats)
         n = learned_opt.num_params(params)
         adamw_bytes = sum(x.nbytes for x in jax.tree.leaves(adamw.init(params)))
         (fa, *fls), (ua, *uls) = fulls, upds
-        if "native" in lopts:
-            (t_pass,) = interleaved_medians([native_pass(arch, params)], args.repeats)
         for impl, lopt, fl, ul in zip(lopts, lopts.values(), fls, uls):
             achieved = net_flops * n / ul  # network FLOPs over the whole update's time
             state_bytes = sum(x.nbytes for x in jax.tree.leaves(lopt.init(params)))
@@ -224,10 +243,13 @@ def main(argv=None):
                   f"{ua * 1e3:>8.2f}ms {ul * 1e3:>8.2f}ms {ul / ua:>6.1f}x | "
                   f"{achieved / 1e9:>11.1f} {achieved / matmul:>8.1%} | "
                   f"{state_bytes / n:>5.1f} (adamw {adamw_bytes / n:.1f})")
+        print(f"{'':>17} f32 matmul (before/after the updates, the faster): {matmul / 1e9:.0f} GFLOP/s")
         if "native" in lopts:
             achieved = net_flops * n / t_pass
-            print(f"{'':>17} the native per-element pass alone: {t_pass * 1e3:.2f} ms, "
-                  f"{achieved / 1e9:.1f} GFLOP/s of network = {achieved / matmul:.1%} of the matmul's")
+            print(f"{'':>17} the native per-element pass alone: {t_pass * 1e3:.2f} ms, {achieved / 1e9:.1f} "
+                  f"GFLOP/s of network = {achieved / matmul:.1%} of the matmul's; "
+                  f"{native_pass_bytes(arch, params) / t_pass / 1e9:.1f} GB/s moved = "
+                  f"{native_pass_bytes(arch, params) / t_pass / stream:.0%} of XLA's stream {stream / 1e9:.1f} GB/s")
 
 
 if __name__ == "__main__":

@@ -312,6 +312,34 @@ struct Member {
 // thread alone.
 constexpr int64_t ITEM_ELEMENTS = 32768;
 
+// do_item(0 .. items - 1) on XLA's intra-op pool and the caller's thread. Work sharing:
+// helpers and the caller take items from one counter; the caller returns once every item is
+// done. The shared state outlives the call (a late helper finds no item left).
+template <class F>
+void parallel_for(ffi::ThreadPool& pool, int64_t items, F do_item) {
+  const int64_t threads = std::min<int64_t>(pool.num_threads(), items - 1);
+  if (threads <= 0) {
+    for (int64_t it = 0; it < items; ++it) do_item(it);
+    return;
+  }
+  struct Shared {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto shared = std::make_shared<Shared>();
+  auto work = [shared, items, do_item]() {
+    for (int64_t it; (it = shared->next.fetch_add(1)) < items;) {
+      do_item(it);
+      shared->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t t = 0; t < threads; ++t) {
+    auto task = work;
+    pool.Schedule(std::move(task));
+  }
+  work();
+  while (shared->done.load(std::memory_order_acquire) < items) std::this_thread::yield();
+}
+
 template <class P, class G, class A>
 ffi::Error run(ffi::ThreadPool& pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::AnyBuffer m, ffi::AnyBuffer v,
                ffi::AnyBuffer w0, ffi::AnyBuffer rowb, ffi::AnyBuffer colb, ffi::AnyBuffer srow,
@@ -363,29 +391,7 @@ ffi::Error run(ffi::ThreadPool& pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::A
     else
       mb.flat_range(lo, hi);
   };
-  const int64_t threads = std::min<int64_t>(pool.num_threads(), items - 1);
-  if (threads <= 0) {
-    for (int64_t it = 0; it < items; ++it) do_item(it);
-    return ffi::Error::Success();
-  }
-  // Work sharing: helpers and the caller take items from one counter; the caller returns once
-  // every item is done. The shared state outlives the call (a late helper finds no item).
-  struct Shared {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto shared = std::make_shared<Shared>();
-  auto work = [shared, items, do_item]() {
-    for (int64_t it; (it = shared->next.fetch_add(1)) < items;) {
-      do_item(it);
-      shared->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  for (int64_t t = 0; t < threads; ++t) {
-    auto task = work;
-    pool.Schedule(std::move(task));
-  }
-  work();
-  while (shared->done.load(std::memory_order_acquire) < items) std::this_thread::yield();
+  parallel_for(pool, items, do_item);
   return ffi::Error::Success();
 }
 
@@ -448,17 +454,17 @@ struct SquareSums {
   }
 };
 
-// Calls visit(member, i, n, fac, full) for the elements of rows 0, stride, 2 stride, ... of
-// `mb`, 16 at a time: n valid lanes from element i of `member`, `fac` Adafactor's per-element
-// factors, `full` (std::true_type / false_type) whether a whole vector may be loaded. Rows of
-// at least L columns are read in place; narrower tensors' elements are gathered, 16 at a time,
-// into a small local member of their own.
+// Calls visit(member, i, n, fac, full) for the elements of the grid's rows j0 .. j1 - 1, i.e.
+// rows j0 stride, (j0 + 1) stride, ... of `mb`, 16 at a time: n valid lanes from element i of
+// `member`, `fac` Adafactor's per-element factors, `full` (std::true_type / false_type)
+// whether a whole vector may be loaded. Rows of at least L columns are read in place; narrower
+// tensors' elements are gathered, 16 at a time, into a small local member of their own.
 template <class P, class G, class A, class F>
-void visit_grid(const Member<P, G, A>& mb, int64_t stride, F&& visit) {
+void visit_grid(const Member<P, G, A>& mb, int64_t stride, int64_t j0, int64_t j1, F&& visit) {
   vf fac[NA];
   const int64_t rows = mb.rows, cols = mb.cols, rc = rows * cols;
   if (cols >= L) {
-    for (int64_t r = 0; r < rows; r += stride) {
+    for (int64_t r = j0 * stride; r < std::min(rows, j1 * stride); r += stride) {
       for (int64_t c = 0; c < cols; c += L) {
         int n = cols - c < L ? int(cols - c) : L;
         if (n == L) {
@@ -482,8 +488,8 @@ void visit_grid(const Member<P, G, A>& mb, int64_t stride, F&& visit) {
   local.v = v_buf;
   local.rows = 1;
   local.cols = L;
-  const int64_t total = (rows + stride - 1) / stride * cols;
-  for (int64_t t = 0; t < total; t += L) {
+  const int64_t total = std::min(j1, (rows + stride - 1) / stride) * cols;
+  for (int64_t t = j0 * cols; t < total; t += L) {
     int n = total - t < L ? int(total - t) : L;
     for (int l = 0; l < L; ++l) {
       if (l < n) {
@@ -505,35 +511,55 @@ void visit_grid(const Member<P, G, A>& mb, int64_t stride, F&& visit) {
   }
 }
 
+// Grid rows per work item of the grid statistics (a grid has at most normalizer_samples
+// elements: a few items per tensor).
+constexpr int64_t GRID_ITEM_ELEMENTS = 8192;
+
 // out[0]: the mean over the grid of the second moment after the step; out[1 + f]: the mean
 // square of feature f. The bare rsqrt(v) feature's cap is scal's cap slot (a multiplier)
-// times rsqrt(out[0] + eps), as MLPLOpt sets it: two passes over the grid.
+// times rsqrt(out[0] + eps), as MLPLOpt sets it: two passes over the grid, each in items
+// whose partial sums are added in item order (the same result on any number of threads).
 template <class P, class G, class A>
-void grid_statistics(Member<P, G, A> mb, int64_t stride, float* out) {
-  SquareSums<1> v_sum;
-  visit_grid(mb, stride, [&](const auto& m, int64_t i, int n, const vf*, auto full) {
-    vf g_ = clip(load<decltype(full)::value>(m.g + i, n), -GRAD_CLIP, GRAD_CLIP);
-    vf v_ = stored(mb.scal[2 * NM] * load<decltype(full)::value>(m.v + i, n) + mb.scal[2 * NM + 1] * (g_ * g_), m.v);
-    v_sum.add(&v_, n);
+void grid_statistics(ffi::ThreadPool& pool, Member<P, G, A> mb, int64_t stride, float* out) {
+  const int64_t grid_rows = (mb.rows + stride - 1) / stride;
+  const int64_t span = std::max<int64_t>(1, GRID_ITEM_ELEMENTS / mb.cols);
+  const int64_t items = (grid_rows + span - 1) / span;
+  std::unique_ptr<SquareSums<1>[]> v_sums(new SquareSums<1>[items]);
+  parallel_for(pool, items, [&](int64_t it) {
+    SquareSums<1>& v_sum = v_sums[it];
+    visit_grid(mb, stride, it * span, (it + 1) * span, [&](const auto& m, int64_t i, int n, const vf*, auto full) {
+      vf g_ = clip(load<decltype(full)::value>(m.g + i, n), -GRAD_CLIP, GRAD_CLIP);
+      vf v_ = stored(mb.scal[2 * NM] * load<decltype(full)::value>(m.v + i, n) + mb.scal[2 * NM + 1] * (g_ * g_), m.v);
+      v_sum.add(&v_, n);
+    });
+    v_sum.flush();
   });
-  v_sum.flush();
-  const int64_t count = (mb.rows + stride - 1) / stride * mb.cols;
-  const float rms_mean = float(v_sum.total[0] / double(count));
+  double v_total = 0.0;
+  for (int64_t it = 0; it < items; ++it) v_total += v_sums[it].total[0];
+  const double count = double(grid_rows * mb.cols);
+  const float rms_mean = float(v_total / count);
   out[0] = rms_mean;
   mb.scal[2 * NM + 2] *= 1.0f / std::sqrt(rms_mean + RSQRT_EPS);
-  SquareSums<E> sums;
-  visit_grid(mb, stride, [&](const auto& m, int64_t i, int n, const vf* fac, auto full) {
-    vf x[E];
-    m.template features<decltype(full)::value, false>(i, n, fac, x);
-    for (int f = 0; f < E; ++f) x[f] *= x[f];
-    sums.add(x, n);
+  std::unique_ptr<SquareSums<E>[]> sums(new SquareSums<E>[items]);
+  parallel_for(pool, items, [&](int64_t it) {
+    SquareSums<E>& sum = sums[it];
+    visit_grid(mb, stride, it * span, (it + 1) * span, [&](const auto& m, int64_t i, int n, const vf* fac, auto full) {
+      vf x[E];
+      m.template features<decltype(full)::value, false>(i, n, fac, x);
+      for (int f = 0; f < E; ++f) x[f] *= x[f];
+      sum.add(x, n);
+    });
+    sum.flush();
   });
-  sums.flush();
-  for (int f = 0; f < E; ++f) out[1 + f] = float(sums.total[f] / double(count));
+  for (int f = 0; f < E; ++f) {
+    double total = 0.0;
+    for (int64_t it = 0; it < items; ++it) total += sums[it].total[f];
+    out[1 + f] = float(total / count);
+  }
 }
 
 template <class P, class G, class A>
-ffi::Error run_grid_statistics(ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::AnyBuffer m, ffi::AnyBuffer v,
+ffi::Error run_grid_statistics(ffi::ThreadPool& pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::AnyBuffer m, ffi::AnyBuffer v,
                                ffi::AnyBuffer srow, ffi::AnyBuffer scol, ffi::AnyBuffer scal, ffi::AnyBuffer out,
                                int64_t rows, int64_t cols, int64_t row_stride) {
   const int64_t rc = rows * cols;
@@ -548,12 +574,12 @@ ffi::Error run_grid_statistics(ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::AnyBuffe
     std::memcpy(mb.scal, static_cast<const float*>(scal.untyped_data()) + b * NSCAL, sizeof(mb.scal));
     mb.rows = rows;
     mb.cols = cols;
-    grid_statistics(mb, row_stride, static_cast<float*>(out.untyped_data()) + b * (E + 1));
+    grid_statistics(pool, mb, row_stride, static_cast<float*>(out.untyped_data()) + b * (E + 1));
   }
   return ffi::Error::Success();
 }
 
-ffi::Error grid_statistics_dispatch(ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::AnyBuffer m, ffi::AnyBuffer v,
+ffi::Error grid_statistics_dispatch(ffi::ThreadPool pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::AnyBuffer m, ffi::AnyBuffer v,
                                     ffi::AnyBuffer srow, ffi::AnyBuffer scol, ffi::AnyBuffer scal,
                                     ffi::Result<ffi::AnyBuffer> out, int64_t rows, int64_t cols,
                                     int64_t row_stride) {
@@ -575,7 +601,7 @@ ffi::Error grid_statistics_dispatch(ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::Any
   const int key = (p.element_type() == T::BF16) * 4 + (g.element_type() == T::BF16) * 2 + (m.element_type() == T::BF16);
 #define LOPT_CASE(K, P, G, A) \
   case K:                     \
-    return run_grid_statistics<P, G, A>(p, g, m, v, srow, scol, scal, *out, rows, cols, row_stride);
+    return run_grid_statistics<P, G, A>(pool, p, g, m, v, srow, scol, scal, *out, rows, cols, row_stride);
   switch (key) {
     LOPT_CASE(0, float, float, float)
     LOPT_CASE(1, float, float, bf16)
@@ -592,10 +618,11 @@ ffi::Error grid_statistics_dispatch(ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::Any
 
 // ---- Adafactor's statistics: mean over columns and over rows of g^2, in one pass ---------
 
+// Rows [r0, r1): each row's mean of clip(g)^2 into row_out, the column sums into col_sum.
 template <class G>
-void square_means(const G* g, int64_t rows, int64_t cols, float* row_out, float* col_out) {
-  for (int64_t c = 0; c < cols; ++c) col_out[c] = 0.0f;
-  for (int64_t r = 0; r < rows; ++r) {
+void square_sums(const G* g, int64_t r0, int64_t r1, int64_t cols, float* row_out, float* col_sum) {
+  for (int64_t c = 0; c < cols; ++c) col_sum[c] = 0.0f;
+  for (int64_t r = r0; r < r1; ++r) {
     const G* gr = g + r * cols;
     vf acc = {};
     int64_t c = 0;
@@ -603,18 +630,42 @@ void square_means(const G* g, int64_t rows, int64_t cols, float* row_out, float*
       vf x = clip(load<true>(gr + c, L), -GRAD_CLIP, GRAD_CLIP);
       vf x2 = x * x;
       acc += x2;
-      store<true>(col_out + c, load<true>(col_out + c, L) + x2, L);
+      store<true>(col_sum + c, load<true>(col_sum + c, L) + x2, L);
     }
     float row = 0.0f;
     for (int l = 0; l < L; ++l) row += acc[l];
     for (; c < cols; ++c) {
       vf x = clip(load<false>(gr + c, 1), -GRAD_CLIP, GRAD_CLIP);
       row += x[0] * x[0];
-      col_out[c] += x[0] * x[0];
+      col_sum[c] += x[0] * x[0];
     }
     row_out[r] = row / float(cols);
   }
-  for (int64_t c = 0; c < cols; ++c) col_out[c] /= float(rows);
+}
+
+// Per batch member, its rows in chunks of about ITEM_ELEMENTS (items), each chunk's column
+// sums into a scratch row of its own, added up in chunk order once all are done.
+template <class G>
+ffi::Error square_means(ffi::ThreadPool& pool, const G* g, int64_t batch, int64_t rows, int64_t cols,
+                        float* row_out, float* col_out) {
+  const int64_t span = std::max<int64_t>(1, ITEM_ELEMENTS / cols);
+  const int64_t chunks = (rows + span - 1) / span;
+  std::unique_ptr<float[]> col_sums(new float[batch * chunks * cols]);
+  float* sums = col_sums.get();
+  parallel_for(pool, batch * chunks, [=](int64_t it) {
+    const int64_t b = it / chunks, r0 = (it % chunks) * span, r1 = std::min(rows, r0 + span);
+    square_sums(g + b * rows * cols, r0, r1, cols, row_out + b * rows, sums + it * cols);
+  });
+  for (int64_t b = 0; b < batch; ++b) {
+    float* out = col_out + b * cols;
+    for (int64_t c = 0; c < cols; ++c) out[c] = 0.0f;
+    for (int64_t k = 0; k < chunks; ++k) {
+      const float* part = sums + (b * chunks + k) * cols;
+      for (int64_t c = 0; c < cols; ++c) out[c] += part[c];
+    }
+    for (int64_t c = 0; c < cols; ++c) out[c] /= float(rows);
+  }
+  return ffi::Error::Success();
 }
 
 ffi::Error square_means_dispatch(ffi::ThreadPool pool, ffi::AnyBuffer g, ffi::Result<ffi::AnyBuffer> row_out,
@@ -629,17 +680,11 @@ ffi::Error square_means_dispatch(ffi::ThreadPool pool, ffi::AnyBuffer g, ffi::Re
     return ffi::Error::InvalidArgument("lopt: square_means output sizes");
   float* rows_p = static_cast<float*>(row_out->untyped_data());
   float* cols_p = static_cast<float*>(col_out->untyped_data());
-  for (int64_t b = 0; b < batch; ++b) {
-    if (g.element_type() == T::F32)
-      square_means(static_cast<const float*>(g.untyped_data()) + b * rc, rows, cols, rows_p + b * rows,
-                   cols_p + b * cols);
-    else if (g.element_type() == T::BF16)
-      square_means(static_cast<const bf16*>(g.untyped_data()) + b * rc, rows, cols, rows_p + b * rows,
-                   cols_p + b * cols);
-    else
-      return ffi::Error::InvalidArgument("lopt: gradients must be float32 or bfloat16");
-  }
-  return ffi::Error::Success();
+  if (g.element_type() == T::F32)
+    return square_means(pool, static_cast<const float*>(g.untyped_data()), batch, rows, cols, rows_p, cols_p);
+  if (g.element_type() == T::BF16)
+    return square_means(pool, static_cast<const bf16*>(g.untyped_data()), batch, rows, cols, rows_p, cols_p);
+  return ffi::Error::InvalidArgument("lopt: gradients must be float32 or bfloat16");
 }
 
 }  // namespace
@@ -683,6 +728,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptSquareMeans, square_means_dispatch,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptGridStatistics, grid_statistics_dispatch,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // p
                                   .Arg<ffi::AnyBuffer>()  // g
                                   .Arg<ffi::AnyBuffer>()  // m, before the step

@@ -82,11 +82,13 @@ def test_native_registered_in_impls():
 @pytest.mark.parametrize(
     "shape, row_stride, dtype, acc_dtype",
     [((37, 40), 1, jnp.float32, jnp.float32), ((37, 40), 5, jnp.bfloat16, jnp.bfloat16),
-     ((301, 3), 4, jnp.float32, jnp.bfloat16), ((50, 1), 1, jnp.bfloat16, jnp.float32)],
-    ids=["rows", "rows-strided-bf16", "narrow-strided", "vector"],
+     ((301, 3), 4, jnp.float32, jnp.bfloat16), ((50, 1), 1, jnp.bfloat16, jnp.float32),
+     ((300, 64), 1, jnp.float32, jnp.float32), ((9000, 1), 2, jnp.float32, jnp.float32)],
+    ids=["rows", "rows-strided-bf16", "narrow-strided", "vector", "rows-threaded", "vector-threaded"],
 )
 def test_grid_statistics_kernel_matches_reference(shape, row_stride, dtype, acc_dtype):
-    """Wide rows are read in place and narrow tensors gathered, on every row_stride-th row."""
+    """Wide rows are read in place and narrow tensors gathered, on every row_stride-th row;
+    grids over 8192 elements are split into work items whose sums are added up."""
     rows, cols = shape
     ks = jax.random.split(jax.random.key(4), 6)
     p, g = (jax.random.normal(k, shape).astype(dtype) for k in ks[:2])
@@ -107,3 +109,12 @@ def test_grid_statistics_kernel_matches_reference(shape, row_stride, dtype, acc_
     if row_stride > 1:
         full = native.grid_statistics_reference(SPEC, *args, 1)
         assert not np.allclose(np.asarray(full[1]), np.asarray(want[1]), rtol=1e-3)
+
+
+def test_square_means_kernel_matches_reference_in_chunks_and_batches():
+    """Row chunks (of ~32k elements) run on the pool; their column sums add up per member."""
+    g = jax.random.normal(jax.random.key(5), (3, 700, 100)).astype(jnp.bfloat16)
+    got = jax.jit(jax.vmap(lambda g: native.square_means(SPEC, g)))(g)
+    want = jax.vmap(native.square_means_reference)(g)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5)
