@@ -246,10 +246,10 @@ def main(argv=None):
         print(f"{'':>17} f32 matmul (before/after the updates, the faster): {matmul / 1e9:.0f} GFLOP/s")
         if "native" in lopts:
             achieved = net_flops * n / t_pass
+            moved = native_pass_bytes(arch, params) / t_pass
             print(f"{'':>17} the native per-element pass alone: {t_pass * 1e3:.2f} ms, {achieved / 1e9:.1f} "
                   f"GFLOP/s of network = {achieved / matmul:.1%} of the matmul's; "
-                  f"{native_pass_bytes(arch, params) / t_pass / 1e9:.1f} GB/s moved = "
-                  f"{native_pass_bytes(arch, params) / t_pass / stream:.0%} of XLA's stream {stream / 1e9:.1f} GB/s")
+                  f"{moved / 1e9:.1f} GB/s moved = {moved / stream:.0%} of XLA's stream {stream / 1e9:.1f} GB/s")
 
 
 if __name__ == "__main__":

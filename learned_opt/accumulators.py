@@ -54,16 +54,6 @@ def update_leaf(
     )
 
 
-def update_elementwise(acc: LeafAccumulators, g_RxC: jax.Array, momentum_decays: jax.Array, rms_decay: float):
-    """`acc` with its elementwise statistics (momenta, second moment) updated by g, its
-    row/column ones unchanged: what the native step computes per element."""
-    dtype = acc.rms_RxC.dtype
-    return acc._replace(
-        momentum_MxRxC=ema(acc.momentum_MxRxC.astype(jnp.float32), g_RxC[None], momentum_decays).astype(dtype),
-        rms_RxC=(rms_decay * acc.rms_RxC.astype(jnp.float32) + (1 - rms_decay) * jnp.square(g_RxC)).astype(dtype),
-    )
-
-
 def on_grid(acc: LeafAccumulators, row_stride: int, col_stride: int) -> LeafAccumulators:
     """The statistics of the elements on the strided grid [::row_stride, ::col_stride]."""
     return LeafAccumulators(

@@ -278,11 +278,6 @@ def _square_means_jvp(spec, primals, tangents):
     return jax.jvp(square_means_reference, primals, tangents)
 
 
-def _on_rows(row_stride: int, p, g, m, v, srow):
-    """The inputs' values on rows 0, row_stride, 2 row_stride, ... (the grid of whole rows)."""
-    return p[::row_stride], g[::row_stride], m[:, ::row_stride], v[::row_stride], srow[:, ::row_stride]
-
-
 def grid_statistics_reference(spec: KernelSpec, p, g, m, v, srow, scol, scal, row_stride: int = 1):
     """(mean v after the step, (E,) mean square of every feature) over the tensor's rows
     0, row_stride, ...: the normalizers' statistics, from the inputs before the step.
@@ -290,7 +285,7 @@ def grid_statistics_reference(spec: KernelSpec, p, g, m, v, srow, scol, scal, ro
     scal is pack_scalars' layout, with the cap slot a multiplier: the bare rsqrt(v) feature is
     capped at scal[cap] * rsqrt(mean v + eps), the mean over the same rows.
     """
-    p, g, m, v, srow = _on_rows(row_stride, p, g, m, v, srow)
+    p, g, m, v, srow = p[::row_stride], g[::row_stride], m[:, ::row_stride], v[::row_stride], srow[:, ::row_stride]
     nm = spec.n_momenta
     g32 = jnp.clip(g.astype(jnp.float32), -feat_lib.GRAD_CLIP, feat_lib.GRAD_CLIP)
     v_new = scal[2 * nm] * v.astype(jnp.float32) + scal[2 * nm + 1] * (g32 * g32)

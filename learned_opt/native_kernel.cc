@@ -395,6 +395,26 @@ ffi::Error run(ffi::ThreadPool& pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::A
   return ffi::Error::Success();
 }
 
+// f(P*, G*, A*), null pointers naming the C++ types of the params', gradients' and
+// accumulators' dtypes (each float32 or bfloat16): one instantiation per combination.
+template <class F>
+ffi::Error with_dtypes(ffi::DataType p, ffi::DataType g, ffi::DataType a, F&& f) {
+  using T = ffi::DataType;
+  auto ok = [](T t) { return t == T::F32 || t == T::BF16; };
+  if (!ok(p) || !ok(g) || !ok(a))
+    return ffi::Error::InvalidArgument("lopt: params, gradients and accumulators must be float32 or bfloat16");
+  auto by_a = [&](auto* p_, auto* g_) {
+    return a == T::BF16 ? f(p_, g_, static_cast<bf16*>(nullptr)) : f(p_, g_, static_cast<float*>(nullptr));
+  };
+  auto by_g = [&](auto* p_) {
+    return g == T::BF16 ? by_a(p_, static_cast<bf16*>(nullptr)) : by_a(p_, static_cast<float*>(nullptr));
+  };
+  return p == T::BF16 ? by_g(static_cast<bf16*>(nullptr)) : by_g(static_cast<float*>(nullptr));
+}
+
+template <class X>
+using pointee = std::remove_pointer_t<X>;
+
 ffi::Error dispatch(ffi::ThreadPool pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::AnyBuffer m, ffi::AnyBuffer v,
                     ffi::AnyBuffer w0, ffi::AnyBuffer rowb, ffi::AnyBuffer colb, ffi::AnyBuffer srow,
                     ffi::AnyBuffer scol, ffi::AnyBuffer rest, ffi::AnyBuffer scal, ffi::Result<ffi::AnyBuffer> upd,
@@ -405,25 +425,12 @@ ffi::Error dispatch(ffi::ThreadPool pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ff
     if (b.element_type() != T::F32) return ffi::Error::InvalidArgument("lopt: weights must be float32");
   if (m.element_type() != v.element_type() || upd->element_type() != p.element_type())
     return ffi::Error::InvalidArgument("lopt: accumulator or update dtype mismatch");
-  const int key = (p.element_type() == T::BF16) * 4 + (g.element_type() == T::BF16) * 2 + (m.element_type() == T::BF16);
-  auto ok = [](T t) { return t == T::F32 || t == T::BF16; };
-  if (!ok(p.element_type()) || !ok(g.element_type()) || !ok(m.element_type()))
-    return ffi::Error::InvalidArgument("lopt: params, gradients and accumulators must be float32 or bfloat16");
-#define LOPT_CASE(K, P, G, A) \
-  case K:                     \
+  return with_dtypes(p.element_type(), g.element_type(), m.element_type(), [&](auto* p_, auto* g_, auto* a_) {
+    using P = pointee<decltype(p_)>;
+    using G = pointee<decltype(g_)>;
+    using A = pointee<decltype(a_)>;
     return run<P, G, A>(pool, p, g, m, v, w0, rowb, colb, srow, scol, rest, scal, *upd, *m_out, *v_out, rows, cols);
-  switch (key) {
-    LOPT_CASE(0, float, float, float)
-    LOPT_CASE(1, float, float, bf16)
-    LOPT_CASE(2, float, bf16, float)
-    LOPT_CASE(3, float, bf16, bf16)
-    LOPT_CASE(4, bf16, float, float)
-    LOPT_CASE(5, bf16, float, bf16)
-    LOPT_CASE(6, bf16, bf16, float)
-    LOPT_CASE(7, bf16, bf16, bf16)
-  }
-#undef LOPT_CASE
-  return ffi::Error::Internal("lopt: unreachable");
+  });
 }
 
 // ---- the normalizers' statistics, on a grid of whole rows of the tensor ------------------
@@ -595,25 +602,12 @@ ffi::Error grid_statistics_dispatch(ffi::ThreadPool pool, ffi::AnyBuffer p, ffi:
     return ffi::Error::InvalidArgument("lopt: grid statistics inputs do not match the compiled architecture");
   for (auto b : {srow, scol, scal})
     if (b.element_type() != T::F32) return ffi::Error::InvalidArgument("lopt: row/column factors must be float32");
-  auto ok = [](T t) { return t == T::F32 || t == T::BF16; };
-  if (!ok(p.element_type()) || !ok(g.element_type()) || !ok(m.element_type()))
-    return ffi::Error::InvalidArgument("lopt: params, gradients and accumulators must be float32 or bfloat16");
-  const int key = (p.element_type() == T::BF16) * 4 + (g.element_type() == T::BF16) * 2 + (m.element_type() == T::BF16);
-#define LOPT_CASE(K, P, G, A) \
-  case K:                     \
+  return with_dtypes(p.element_type(), g.element_type(), m.element_type(), [&](auto* p_, auto* g_, auto* a_) {
+    using P = pointee<decltype(p_)>;
+    using G = pointee<decltype(g_)>;
+    using A = pointee<decltype(a_)>;
     return run_grid_statistics<P, G, A>(pool, p, g, m, v, srow, scol, scal, *out, rows, cols, row_stride);
-  switch (key) {
-    LOPT_CASE(0, float, float, float)
-    LOPT_CASE(1, float, float, bf16)
-    LOPT_CASE(2, float, bf16, float)
-    LOPT_CASE(3, float, bf16, bf16)
-    LOPT_CASE(4, bf16, float, float)
-    LOPT_CASE(5, bf16, float, bf16)
-    LOPT_CASE(6, bf16, bf16, float)
-    LOPT_CASE(7, bf16, bf16, bf16)
-  }
-#undef LOPT_CASE
-  return ffi::Error::Internal("lopt: unreachable");
+  });
 }
 
 // ---- Adafactor's statistics: mean over columns and over rows of g^2, in one pass ---------
