@@ -77,6 +77,8 @@ def test_meta_gradient_through_native_matches_reference():
 def test_native_registered_in_impls():
     with pytest.raises(ValueError, match="impl='bogus'"):
         learned_opt.MLPLOpt(impl="bogus")
+    with pytest.raises(ValueError, match="impl='native'.*hidden_sizes=\\(32, 32\\)"):
+        learned_opt.MLPLOpt(hidden_sizes=(32, 32), impl="native")
 
 
 @pytest.mark.parametrize(
