@@ -2,9 +2,10 @@
 //
 // For every element of one tensor (on its (R, C) view) this reads the parameter, the gradient
 // and the elementwise accumulators once, and writes the new accumulators and the update once:
-// accumulator EMAs, features, the small MLP and the output scaling all stay in registers, 16
-// elements at a time. XLA:CPU cannot do this itself: it emits two loops (no multi-output
-// fusion) and re-broadcasts every network weight per vector (see docs/design_notes.md).
+// accumulator EMAs, features, the small MLP and the output scaling stay in registers (and the
+// first layer's few outputs in L1), 16 elements at a time. XLA:CPU cannot do this itself: it
+// emits two loops (no multi-output fusion) and re-broadcasts every network weight per vector
+// (see docs/design_notes.md).
 //
 // Everything that is per tensor, per row or per column (normalizers folded into the first
 // layer, Adafactor's row/column factors, biases) is computed by the caller in JAX

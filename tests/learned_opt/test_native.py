@@ -120,3 +120,39 @@ def test_square_means_kernel_matches_reference_in_chunks_and_batches():
     want = jax.vmap(native.square_means_reference)(g)
     for a, b in zip(got, want):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, acc_dtype",
+    [((7, 300), jnp.float32, jnp.float32), ((9, 300), jnp.bfloat16, jnp.bfloat16),
+     ((64, 12), jnp.float32, jnp.bfloat16), ((50, 7), jnp.bfloat16, jnp.float32),
+     ((700, 40), jnp.float32, jnp.bfloat16)],
+    ids=["chunks-partial", "chunks-partial-bf16", "narrow-rows", "flat", "threaded"],
+)
+def test_step_kernel_matches_reference(shape, dtype, acc_dtype):
+    """Every layout of the step loop: rows of more than one 16-block chunk with a masked tail,
+    rows of 10-15 columns (one masked block each), narrower tensors stepped flat with gathered
+    row/column inputs, and tensors of several 8192-element work items."""
+    rows, cols = shape
+    e, o, na = SPEC.num_elementwise, SPEC.num_outputs, SPEC.n_adafactor
+    ks = jax.random.split(jax.random.key(6), 10)
+    p, g = jax.random.normal(ks[0], shape).astype(dtype), (0.1 * jax.random.normal(ks[1], shape)).astype(dtype)
+    m = (0.1 * jax.random.normal(ks[2], (SPEC.n_momenta, *shape))).astype(acc_dtype)
+    v = (0.01 + 0.01 * jnp.square(jax.random.normal(ks[3], shape))).astype(acc_dtype)
+    w0 = 0.1 * jax.random.normal(ks[4], (e, o))
+    rowb, colb = jax.random.normal(ks[5], (o, rows)), jax.random.normal(ks[6], (o, cols))
+    srow = jnp.exp(jax.random.normal(ks[7], (na, rows)))
+    scol = jnp.exp(jax.random.normal(ks[8], (na, cols)))
+    theta = BASE.init_theta(jax.random.key(7))
+    rest = native.pack_rest(jax.tree.map(lambda x: x + 0.3, theta["mlp"][1:]))
+    scal = native.pack_scalars(BASE.momentum_decays, BASE.rms_decay, 30.0, 0.05, jnp.float32(1e-2))
+    args = (p, g, m, v, w0, rowb, colb, srow, scol, rest, scal)
+    want = native.kernel_reference(SPEC, *args)
+    got = jax.jit(lambda *a: native.step(SPEC, *a))(*args)
+    upd_tol = dict(rtol=1e-4, atol=1e-7) if dtype == jnp.float32 else dict(rtol=2e-2, atol=1e-5)
+    acc_tol = dict(rtol=2e-5, atol=1e-9) if acc_dtype == jnp.float32 else dict(rtol=1e-2, atol=1e-6)
+    for a, b, tol in zip(got, want, (upd_tol, acc_tol, acc_tol)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **tol)
+    upd = np.asarray(want[0], np.float32)
+    assert np.isfinite(upd).all() and np.std(upd) > 0  # a real update, element by element
