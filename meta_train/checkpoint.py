@@ -39,6 +39,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, tree: Any) -> None:
         if self._manager.latest_step() == step:
             return  # already saved (e.g. the periodic save coincides with the final one)
@@ -71,6 +74,44 @@ class Checkpointer:
                     f"this run expects {want.dtype}{list(want.shape)}."
                 )
         values = [restored[_key(p)] if np.size(x) > 0 else x for p, x in leaves]
+        return jax.tree_util.tree_unflatten(treedef, values)
+
+    def restore_part(self, step: int, prefix: str, template: Any) -> Any:
+        """Only the subtree stored under `prefix` (e.g. "learner/theta"), shaped like `template`.
+
+        Reads just those arrays, so exporting theta from a large run does not load every
+        worker's unroll states, and needs no run to be built.
+        """
+        want = {f"{prefix}/{k}": x for k, x in _flat_nonempty(template).items()}
+        stored = self._manager.item_metadata(step)
+        missing = sorted(set(want) - set(stored.keys())) if stored is not None else []
+        if missing:
+            raise ValueError(
+                f"checkpoint {self.directory}/{step} has no {missing[:3]}: it was written by a "
+                "different architecture than its workdir's config.yaml names."
+            )
+        reader = ocp.PyTreeCheckpointer()
+        restored = reader.restore(
+            os.path.join(self.directory, str(step), "default"),
+            args=ocp.args.PyTreeRestore(
+                {k: np.asarray(x) for k, x in want.items()},
+                restore_args={k: ocp.ArrayRestoreArgs(restore_type=np.ndarray) for k in want},
+                partial_restore=True,
+            ),
+        )
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+        values = []
+        for p, x in leaves:
+            if np.size(x) == 0:
+                values.append(x)
+                continue
+            got = restored[f"{prefix}/{_key(p)}"]
+            if got.shape != np.shape(x):
+                raise ValueError(
+                    f"checkpoint {self.directory}/{step}: '{prefix}/{_key(p)}' has shape "
+                    f"{list(got.shape)}, the workdir's architecture expects {list(np.shape(x))}."
+                )
+            values.append(got)
         return jax.tree_util.tree_unflatten(treedef, values)
 
     def close(self) -> None:

@@ -65,7 +65,34 @@ def _print_summary(result) -> None:
                           f"final test loss {s['final_test_loss']:.4g}")
 
 
-SUBCOMMANDS: list[Callable] = [_add_meta_train, add_evaluate]
+def _add_export(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="write a meta-training checkpoint's learned optimizer as a .safetensors file",
+        description="Export theta from a checkpoint of a (running, stopped or finished) "
+        "meta-training run, for `lopt evaluate` or `learned_opt.load`. Example: lopt export "
+        "runs/quickstart --step 500 --out /tmp/q500.safetensors",
+    )
+    p.add_argument("workdir", help="the run's --workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--out", default=None,
+                   help="output file (default: <workdir>/theta_step<step>.safetensors)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from meta_train.export import export_checkpoint
+
+    try:
+        path = export_checkpoint(args.workdir, step=args.step, out=args.out)
+    except ValueError as err:
+        print(f"lopt: error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+SUBCOMMANDS: list[Callable] = [_add_meta_train, add_evaluate, _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,8 @@ def plot_meta_loss(rows: list[dict[str, Any]], path: str, *, smooth: int = 10) -
         ax.plot(steps[smooth - 1:], np.convolve(loss, kernel, mode="valid"), label=f"mean of {smooth}")
     ax.set_xlabel("outer step")
     ax.set_ylabel("normalized meta-loss")
-    ax.set_yscale("log")
+    if np.all(loss[np.isfinite(loss)] > 0):  # a log meta-loss is negative: keep a linear axis
+        ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-META_LOSSES = ("train", "test")
+META_LOSSES = ("train", "test", "log_train")
+LOG_LOSS_FLOOR = 1e-8  # log_train: losses below this fraction of the initial loss count as it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,9 @@ class UnrollConfig:
     stagger: start members at random offsets into their first horizon.
     meta_loss: "train" = mean train-batch loss over the truncation; "test" = mean held-out
       loss after each step. Both are divided by the task's loss at initialization, so tasks
-      with different loss scales weigh alike.
+      with different loss scales weigh alike. "log_train" = mean of log(train loss / initial
+      loss): a loss falling from 1e-2 to 1e-4 counts as much as one from 1 to 1e-2, so
+      meta-training rewards converging far, not just the first drop (needs positive losses).
     divergence_factor: a loss above factor * (initial loss), or non-finite, marks divergence.
     """
 
@@ -84,6 +87,12 @@ class TruncationOutput(struct.PyTreeNode):
     meta_loss: jax.Array  # f32[], normalized mean loss over the K steps
     raw_loss: jax.Array  # f32[], un-normalized mean train loss
     diverged: jax.Array  # bool[]
+
+
+def _normalized_meta_loss(cfg: UnrollConfig, metas_K: jax.Array, loss_scale: jax.Array):
+    if cfg.meta_loss == "log_train":
+        return jnp.mean(jnp.log(jnp.maximum(metas_K / loss_scale, LOG_LOSS_FLOOR)))
+    return jnp.mean(metas_K) / loss_scale
 
 
 def pool_size(pool: Any) -> int:
@@ -205,7 +214,7 @@ def truncation(
     exploded = exploded | jnp.any(~jnp.isfinite(metas)) | ~tree_all_finite(params)
     new_state = state.replace(params=params, opt_state=opt_state, step=step, diverged=exploded)
     out = TruncationOutput(
-        meta_loss=jnp.mean(metas) / state.loss_scale,
+        meta_loss=_normalized_meta_loss(cfg, metas, state.loss_scale),
         raw_loss=jnp.mean(losses),
         diverged=exploded,
     )

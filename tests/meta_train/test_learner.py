@@ -76,8 +76,22 @@ def test_cli_smoke_with_mlp_lopt_exports_loadable_theta(tmp_path, capsys):
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     assert "exported learned optimizer" in capsys.readouterr().out
 
+    # lopt export: checkpoint 3 is the final theta; checkpoint 2 is an earlier one.
+    assert cli.main(["export", workdir, "--out", str(tmp_path / "t3.safetensors")]) == 0
+    assert cli.main(["export", workdir, "--step", "2"]) == 0
+    _, theta3, meta3 = learned_opt.load_theta(str(tmp_path / "t3.safetensors"))
+    _, theta2, meta2 = learned_opt.load_theta(os.path.join(workdir, "theta_step2.safetensors"))
+    assert (meta3["meta_train_step"], meta2["meta_train_step"]) == (3, 2)
+    for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(theta3)):
+        np.testing.assert_array_equal(a, b)
+    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(theta2)))
+    assert cli.main(["export", workdir, "--step", "1"]) == 2
+    assert "holds steps [2, 3]" in capsys.readouterr().err
+    assert cli.main(["export", str(tmp_path)]) == 2
+    assert "not a meta-training workdir" in capsys.readouterr().err
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "quickstart.yaml"])
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "quickstart.yaml", "pretrain_small.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(os.path.join(REPO, "configs", name))
     assert config.run.num_steps > 0

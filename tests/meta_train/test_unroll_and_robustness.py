@@ -9,6 +9,7 @@ from tests.meta_train.toy_lopt import MomentumLOpt
 from meta_train import learner as learner_lib
 from meta_train import pool as pool_lib
 from meta_train import population
+from meta_train import unroll as unroll_lib
 from meta_train.estimators import ESTIMATORS
 from meta_train.unroll import UnrollConfig
 from tasks.quadratic import QuadraticFamily
@@ -128,3 +129,23 @@ def test_outer_step_skips_nonfinite_and_clips_huge_gradients():
     assert float(state2.totals["outer/nonfinite_grad"]) == 1.0
     assert float(state2.totals["outer/clipped"]) == 1.0
     assert float(state2.totals["unroll/diverged"]) == 2.0
+
+
+def test_log_train_meta_loss_is_mean_log_of_normalized_train_loss(pool):
+    """Same run under both objectives; the log one is the mean of logs, below log of the mean."""
+    arch = MomentumLOpt()
+    theta = arch.init_theta(None)
+    lin_cfg = UnrollConfig(truncation_length=6, min_horizon=60, max_horizon=60, stagger=False)
+    log_cfg = UnrollConfig(truncation_length=6, min_horizon=60, max_horizon=60, stagger=False,
+                           meta_loss="log_train")
+    state = unroll_lib.fresh_member(arch, lin_cfg, pool, jax.random.PRNGKey(3))
+    task = unroll_lib.take_task(pool, state.task_index)
+    _, lin = unroll_lib.truncation(arch, lin_cfg, theta, task, state)
+    _, log = unroll_lib.truncation(arch, log_cfg, theta, task, state)
+    assert float(lin.raw_loss) == float(log.raw_loss)  # the objective changes no inner step
+    assert float(log.meta_loss) < np.log(float(lin.meta_loss))  # Jensen, strict: losses vary
+    one = UnrollConfig(truncation_length=1, min_horizon=60, max_horizon=60, stagger=False,
+                       meta_loss="log_train")
+    _, log1 = unroll_lib.truncation(arch, one, theta, task, state)
+    np.testing.assert_allclose(float(log1.meta_loss),
+                               np.log(float(log1.raw_loss) / float(state.loss_scale)), rtol=1e-5)
