@@ -16,7 +16,8 @@ time scales and, optionally, loss features. With the defaults there are 39 input
 
 A linear skip from the per-tensor features to d lets `init_theta` start from a known-good rule:
 with `init_like_adam`, the initial optimizer is per-tensor-normalized Adam (beta1 = 0.9,
-beta2 = rms_decay) with learning rate step_mult, and the MLP, whose last layer starts small,
+beta2 = rms_decay) with learning rate step_mult (Adam itself, without bias correction, with
+`normalize_adam_features=False`), and the MLP, whose last layer starts small,
 learns corrections. Meta-training starts from a working optimizer instead of noise.
 
 Two implementations of the network share everything else (state, theta, features):
@@ -72,6 +73,12 @@ class MLPLOpt:
         tensor, compiled on first use, the XLA form elsewhere and under differentiation; small
         networks only; learned_opt.native). Same state, same theta, same result to float
         tolerance.
+    normalize_adam_features: divide the Adam-like ratios (m * rsqrt(v), g and m * rsqrt of
+        Adafactor's factored v) by their RMS over the tensor like every other feature (True, the
+        original design), or keep them at their own scale (False). They are scale-free and O(1)
+        already; normalized, every tensor's update keeps the same RMS all through training, so
+        the optimizer cannot shrink its steps as Adam does when gradients turn to noise (the
+        untrained optimizer then stalls at a loss floor where Adam converges).
     normalizer_samples: a tensor's feature normalizers (RMS over the tensor) are estimated on a
         strided grid of at most this many of its elements, exact where the grid is not
         representative (learned_opt.normalizers); 0 uses every element. Tensors up to this
@@ -96,6 +103,7 @@ class MLPLOpt:
     out_init_scale: float = 1e-2
     impl: str = "reference"
     normalizer_samples: int = 65536
+    normalize_adam_features: bool = True
 
     def __post_init__(self):
         # Accept lists (from JSON / YAML) but store tuples so the dataclass stays hashable.
@@ -177,6 +185,14 @@ class MLPLOpt:
     @property
     def num_features(self) -> int:
         return self.num_tensor_features + self.num_global_features
+
+    def _elementwise_inverse_rms(self, ms_E: jax.Array) -> jax.Array:
+        """(E,) the elementwise features' normalizers from their mean squares over the tensor."""
+        inv_E = jax.lax.rsqrt(ms_E + feat_lib.NORMALIZE_EPS)
+        if self.normalize_adam_features:
+            return inv_E
+        first_ratio = 3 + len(self.momentum_decays) + 1  # the features after rsqrt_v
+        return inv_E.at[first_ratio:].set(1.0)
 
     def _adam_feature_index(self) -> int:
         """Index of m_beta*rsqrt_v for the momentum decay closest to 0.9 (Adam's beta1)."""
@@ -300,7 +316,7 @@ class MLPLOpt:
         feats = self._tensor_features(p_RxC, g_RxC, acc, scales)
         inv_T = jnp.concatenate(
             [
-                jax.lax.rsqrt(ms_E + feat_lib.NORMALIZE_EPS),
+                self._elementwise_inverse_rms(ms_E),
                 norm_lib.inverse_rms(feats.rows_KxR.T),
                 norm_lib.inverse_rms(feats.cols_KxC.T),
             ]
@@ -357,7 +373,7 @@ class MLPLOpt:
         rows_KxR = feat_lib.capped_rsqrt(rsqrt_row_AxR, row_mean_Ax1)
         cols_KxC = feat_lib.capped_rsqrt(rsqrt_col_AxC, col_mean_Ax1)
         inv_T = jnp.concatenate(
-            [jax.lax.rsqrt(ms_E + feat_lib.NORMALIZE_EPS), norm_lib.inverse_rms(rows_KxR.T), norm_lib.inverse_rms(cols_KxC.T)]
+            [self._elementwise_inverse_rms(ms_E), norm_lib.inverse_rms(rows_KxR.T), norm_lib.inverse_rms(cols_KxC.T)]
         )
         layers = theta["mlp"]
         n_e, n_a = len(ms_E), len(self.adafactor_decays)

@@ -1,0 +1,70 @@
+"""normalize_adam_features=False: every implementation agrees, and the untrained optimizer is
+Adam-like, so its steps shrink when gradients turn to noise (normalized, they cannot)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import learned_opt
+from tests.learned_opt.conftest import mixed_params
+from tests.learned_opt.test_fused import BASE, _random_theta, _run
+
+RAW = dataclasses.replace(BASE, normalize_adam_features=False)
+
+
+def test_raw_adam_features_agree_across_impls():
+    """On a grid of 10 samples (every tensor but the scalar gridded): the harder path."""
+    params = mixed_params(jnp.float32)
+    theta = _random_theta(RAW)
+    ref = dataclasses.replace(RAW, impl="reference", normalizer_samples=10)
+    ups_r, _ = _run(ref, theta, params)
+    for impl in ("fused", "native"):
+        ups_i, _ = _run(dataclasses.replace(ref, impl=impl), theta, params)
+        for ui, ur in zip(ups_i, ups_r):
+            for a, b in zip(jax.tree.leaves(ui), jax.tree.leaves(ur)):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    ups_n, _ = _run(dataclasses.replace(ref, normalize_adam_features=True), theta, params)
+    differ = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(ups_r[-1]), jax.tree.leaves(ups_n[-1]))]
+    assert max(differ) > 1e-4  # the option changes the step: the agreement above means something
+
+
+def _update_rms_after(arch, grads_T):
+    """RMS of the last update of a (64, 32) tensor fed the gradients grads_T in turn."""
+    theta = arch.init_theta(jax.random.key(0))
+    params = {"w": jnp.zeros((64, 32))}
+    state = arch.init_state(params)
+    step = jax.jit(arch.update)
+    for g in grads_T:
+        updates, state = step(theta, {"w": g}, state, params)
+    return float(jnp.sqrt(jnp.mean(jnp.square(updates["w"]))))
+
+
+@pytest.mark.parametrize("impl", ["reference", "native"])
+def test_untrained_raw_optimizer_shrinks_its_steps_on_noise(impl):
+    """200 steps of a steady gradient, then 300 of zero-mean noise of the same size: Adam's
+    m / sqrt(v) falls several-fold; per-tensor-normalized features keep the step's RMS."""
+    base = learned_opt.MLPLOpt(hidden_sizes=(4,), momentum_decays=(0.5, 0.9, 0.99), impl=impl,
+                               out_init_scale=0.0)
+    keys = jax.random.split(jax.random.key(1), 500)
+    steady = jax.random.normal(keys[0], (64, 32))
+    grads = [steady] * 200 + [jax.random.normal(k, (64, 32)) for k in keys[200:]]
+    raw, normalized = dataclasses.replace(base, normalize_adam_features=False), base
+    raw_steady, raw_noise = _update_rms_after(raw, grads[:200]), _update_rms_after(raw, grads)
+    norm_steady, norm_noise = _update_rms_after(normalized, grads[:200]), _update_rms_after(normalized, grads)
+    assert raw_noise < raw_steady / 2.5
+    np.testing.assert_allclose(norm_noise, norm_steady, rtol=0.05)
+    np.testing.assert_allclose(norm_steady, base.step_mult, rtol=0.05)  # RMS step_mult, always
+
+
+def test_checkpoints_without_the_field_load_as_normalized(tmp_path):
+    """Files written before the option existed have no such key in their config: the default."""
+    arch = learned_opt.MLPLOpt(hidden_sizes=(4,))
+    path = learned_opt.save(tmp_path / "a.safetensors", arch, arch.init_theta(jax.random.key(0)))
+    loaded, _, _ = learned_opt.load_theta(path)
+    assert loaded.normalize_adam_features is True
+    raw = dataclasses.replace(arch, normalize_adam_features=False)
+    path = learned_opt.save(tmp_path / "b.safetensors", raw, raw.init_theta(jax.random.key(0)))
+    assert learned_opt.load_theta(path)[0].normalize_adam_features is False
