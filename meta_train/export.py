@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 from meta_train import families, recipe
 from meta_train.checkpoint import Checkpointer
 from meta_train.config import load_config, to_dict
