@@ -21,6 +21,11 @@ class LeafAccumulators(NamedTuple):
     col_AxC: jax.Array  # Adafactor: EMA of mean_R(g^2)
 
 
+def as_leaf_accumulators(acc) -> LeafAccumulators:
+    """`acc` as a LeafAccumulators, read by field name (from any container with those attributes)."""
+    return LeafAccumulators(*(getattr(acc, name) for name in LeafAccumulators._fields))
+
+
 def init_leaf(rows: int, cols: int, n_momentum: int, n_adafactor: int, dtype) -> LeafAccumulators:
     return LeafAccumulators(
         momentum_MxRxC=jnp.zeros((n_momentum, rows, cols), dtype),

@@ -149,6 +149,11 @@ class MLPLOpt:
                 f"MLPLOpt.normalizer_samples={self.normalizer_samples!r}: expected an int >= 0 "
                 "(0 = normalize over every element)."
             )
+        if not isinstance(self.normalize_adam_features, bool):
+            raise TypeError(
+                f"MLPLOpt.normalize_adam_features={self.normalize_adam_features!r}: expected True "
+                "or False (in YAML: true / false)."
+            )
         if not isinstance(self.base_fan_in, int) or self.base_fan_in < 1:
             raise ValueError(f"MLPLOpt.base_fan_in={self.base_fan_in!r}: expected a positive int.")
 
@@ -191,13 +196,16 @@ class MLPLOpt:
         inv_E = jax.lax.rsqrt(ms_E + feat_lib.NORMALIZE_EPS)
         if self.normalize_adam_features:
             return inv_E
-        first_ratio = 3 + len(self.momentum_decays) + 1  # the features after rsqrt_v
-        return inv_E.at[first_ratio:].set(1.0)
+        return inv_E.at[self._first_ratio_feature_index():].set(1.0)
+
+    def _first_ratio_feature_index(self) -> int:
+        """Index of the first Adam-like ratio (m * rsqrt_v ...): they follow p, g, g_clip, m, rsqrt_v."""
+        return 3 + len(self.momentum_decays) + 1
 
     def _adam_feature_index(self) -> int:
         """Index of m_beta*rsqrt_v for the momentum decay closest to 0.9 (Adam's beta1)."""
         k = min(range(len(self.momentum_decays)), key=lambda i: abs(self.momentum_decays[i] - 0.9))
-        return 3 + len(self.momentum_decays) + 1 + k
+        return self._first_ratio_feature_index() + k
 
     # ---- theta -------------------------------------------------------------------------------
 
@@ -255,7 +263,9 @@ class MLPLOpt:
 
         leaves_g, treedef = jax.tree.flatten(grads)
         leaves_p = treedef.flatten_up_to(params)
-        leaves_acc = treedef.flatten_up_to(state.accumulators)
+        # By field name: containers such as flax nnx.Optimizer hand the state back with our
+        # NamedTuples turned into their own mappings (attribute access works, `_replace` does not).
+        leaves_acc = [acc_lib.as_leaf_accumulators(a) for a in treedef.flatten_up_to(state.accumulators)]
         leaf_roles = mup.resolve_roles(params, roles)
         new_acc, updates = [], []
         for g, p, acc, role in zip(leaves_g, leaves_p, leaves_acc, leaf_roles):

@@ -68,3 +68,8 @@ def test_checkpoints_without_the_field_load_as_normalized(tmp_path):
     raw = dataclasses.replace(arch, normalize_adam_features=False)
     path = learned_opt.save(tmp_path / "b.safetensors", raw, raw.init_theta(jax.random.key(0)))
     assert learned_opt.load_theta(path)[0].normalize_adam_features is False
+
+
+def test_non_bool_option_is_refused():
+    with pytest.raises(TypeError, match="normalize_adam_features='no'.*true / false"):
+        learned_opt.MLPLOpt(normalize_adam_features="no")

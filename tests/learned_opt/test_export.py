@@ -2,15 +2,12 @@
 
 import dataclasses
 
-import flax.linen as nn
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
-from flax.training import train_state
 
 import learned_opt
 from tests.learned_opt.conftest import mixed_params
@@ -66,43 +63,6 @@ def test_missing_params_is_a_clear_error():
     p = {"w": jnp.zeros((3, 2))}
     with pytest.raises(ValueError, match="needs params"):
         tx.update(p, tx.init(p))
-
-
-def test_flax_nnx_optimizer():
-    model = nnx.Sequential(nnx.Linear(8, 16, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(16, 1, rngs=nnx.Rngs(1)))
-    optimizer = nnx.Optimizer(model, learned_opt.to_optax(ARCH, THETA), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer):
-        loss, grads = nnx.value_and_grad(lambda m: _mse(m(X_BxD)))(model)
-        optimizer.update(model, grads)
-        return loss
-
-    losses = [float(step(model, optimizer)) for _ in range(40)]
-    assert losses[-1] < 0.7 * losses[0]
-
-
-def test_flax_linen_train_state():
-    class MLP(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return nn.Dense(1)(nn.relu(nn.Dense(16)(x)))
-
-    model = MLP()
-    state = train_state.TrainState.create(
-        apply_fn=model.apply, params=model.init(jax.random.key(0), X_BxD), tx=learned_opt.to_optax(ARCH, THETA)
-    )
-
-    @jax.jit
-    def step(state):
-        loss, grads = jax.value_and_grad(lambda p: _mse(state.apply_fn(p, X_BxD)))(state.params)
-        return state.apply_gradients(grads=grads), loss
-
-    losses = []
-    for _ in range(40):
-        state, loss = step(state)
-        losses.append(float(loss))
-    assert losses[-1] < 0.7 * losses[0]
 
 
 def test_haiku_params():

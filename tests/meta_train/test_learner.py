@@ -9,7 +9,7 @@ import pytest
 from tests.meta_train.toy_lopt import MomentumLOpt
 
 import learned_opt
-from meta_train import cli, metrics as metrics_lib
+from meta_train import cli, families, metrics as metrics_lib
 from meta_train.config import ConfigError, load_config
 from meta_train.train import WorkdirError, meta_train
 
@@ -95,6 +95,7 @@ def test_cli_smoke_with_mlp_lopt_exports_loadable_theta(tmp_path, capsys):
 def test_shipped_configs_load(name):
     config = load_config(os.path.join(REPO, "configs", name))
     assert config.run.num_steps > 0
+    families.make_architecture(config.optimizer.architecture, config.optimizer.kwargs)  # kwargs valid
     assert dataclasses.is_dataclass(config.unroll)
 
 
