@@ -37,7 +37,7 @@ class LearnedLRSGD:
         del params
         return ()
 
-    def update(self, theta, grads, state, params, *, loss=None, roles=None):
+    def update(self, theta, grads, state, params, *, loss=None, roles=None, num_steps=None):
         del params, loss, roles
         return jax.tree.map(lambda g: -jnp.exp(theta["log_lr"]) * g, grads), state
 

@@ -211,7 +211,7 @@ def main(argv=None):
         arch = dataclasses.replace(arch, **{field: value})
     theta = arch.init_theta(jax.random.key(0))
     impls = args.impls or [arch.impl]
-    lopts = {impl: learned_opt.to_optax(dataclasses.replace(arch, impl=impl), theta) for impl in impls}
+    lopts = {impl: learned_opt.to_optax(dataclasses.replace(arch, impl=impl), theta, num_steps=1000) for impl in impls}
     adamw = optax.adamw(1e-3)
     print(f"device: {jax.devices()[0].device_kind}  arch: {args.arch} {arch}")
     print(f"meta-parameters: {learned_opt.num_params(theta):,}  network: "

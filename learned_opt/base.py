@@ -41,5 +41,9 @@ class LearnedOptimizer(Protocol):
         *,
         loss: jax.Array | None = None,
         roles: Any = None,
+        num_steps: jax.Array | int | None = None,
     ) -> tuple[Params, OptState]:
-        """(updates, new_state); apply with `optax.apply_updates(params, updates)`."""
+        """(updates, new_state); apply with `optax.apply_updates(params, updates)`.
+
+        num_steps: the length of training; architectures that read the fraction of training
+        need it, the others ignore it."""

@@ -200,9 +200,11 @@ def _fill_template(arch: Any, tensors: dict[str, np.ndarray], where: str) -> Any
     return jax.tree.unflatten(jax.tree.structure(template), leaves)
 
 
-def load(name_or_path: str | os.PathLike, *, roles: Any = None, **options):
-    """A pretrained optimizer as an optax transform: `tx = learned_opt.load("name")`.
+def load(name_or_path: str | os.PathLike, *, num_steps: int | None = None, roles: Any = None, **options):
+    """A pretrained optimizer as an optax transform: `tx = learned_opt.load("name", num_steps=N)`.
 
+    num_steps: the length of training; optimizers with a learned schedule need it (and say so
+    when it is missing), the others ignore it.
     roles: mu-P roles of your params (see `learned_opt.mup`); None infers them from shapes.
     options: deployment settings that leave theta unchanged: `accumulator_dtype` ("float32" or
     "bfloat16", half the optimizer state) and `normalizer_samples` (0: exact per-tensor feature
@@ -210,8 +212,8 @@ def load(name_or_path: str | os.PathLike, *, roles: Any = None, **options):
     """
     unknown = sorted(set(options) - set(_ARCH_OPTIONS))
     if unknown:
-        raise TypeError(f"Unknown load option(s) {unknown}; accepted: ['roles', *{list(_ARCH_OPTIONS)}].")
+        raise TypeError(f"Unknown load option(s) {unknown}; accepted: ['num_steps', 'roles', *{list(_ARCH_OPTIONS)}].")
     arch, theta, _ = load_theta(name_or_path)
     if options:
         arch = dataclasses.replace(arch, **options)
-    return to_optax(arch, theta, roles=roles)
+    return to_optax(arch, theta, roles=roles, num_steps=num_steps)

@@ -80,3 +80,13 @@ def loss_features(loss: jax.Array, loss_ema_L: jax.Array) -> jax.Array:
     """
     loss = loss.astype(jnp.float32)
     return jnp.tanh((loss - loss_ema_L) / (jnp.abs(loss_ema_L) + 1e-8))
+
+
+def fraction_features(count: jax.Array, num_steps: jax.Array, offsets: tuple[float, ...]) -> jax.Array:
+    """tanh(10 (t / T - x)) for each offset x (VeLO's fraction-of-training features).
+
+    Each feature switches from -1 to +1 around the fraction x of the run, so a function of
+    them can express warm-up, decay to the end and anything between, for any length T.
+    """
+    fraction = count.astype(jnp.float32) / jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+    return jnp.tanh(10.0 * (fraction - jnp.asarray(offsets, jnp.float32)))

@@ -5,7 +5,11 @@ direction d and a log-magnitude s; the update is
 
     update = d * exp(exp_mult * s + log_step) * step_mult * mup_scale(tensor)
 
-where log_step is a learned scalar (0 at init).
+where log_step is a learned scalar (0 at init), plus, with `fraction_offsets`, a learned
+schedule: a tiny MLP of the fraction of training t / T (VeLO's tanh features; T is the
+`num_steps` the optimizer is built with) and, with `loss_features`, of the loss, whose output
+is added to log_step. It is once per step, not per parameter, and starts at 0 (the same step
+at every t), so meta-training can learn warm-up and decay-to-the-end for runs of any length.
 
 Features (each divided by its RMS over the tensor, estimated on a strided grid of at most
 `normalizer_samples` elements; `feature_names()` lists them in order):
@@ -79,6 +83,9 @@ class MLPLOpt:
         already; normalized, every tensor's update keeps the same RMS all through training, so
         the optimizer cannot shrink its steps as Adam does when gradients turn to noise (the
         untrained optimizer then stalls at a loss floor where Adam converges).
+    fraction_offsets: with offsets, the learned schedule above reads tanh(10 (t/T - x)) for each
+        x, and `update` needs `num_steps`; empty (the default) has no schedule and ignores it.
+    schedule_hidden: hidden units of the schedule's MLP.
     normalizer_samples: a tensor's feature normalizers (RMS over the tensor) are estimated on a
         strided grid of at most this many of its elements, exact where the grid is not
         representative (learned_opt.normalizers); 0 uses every element. Tensors up to this
@@ -104,10 +111,12 @@ class MLPLOpt:
     impl: str = "reference"
     normalizer_samples: int = 65536
     normalize_adam_features: bool = True
+    fraction_offsets: tuple[float, ...] = ()
+    schedule_hidden: int = 8
 
     def __post_init__(self):
         # Accept lists (from JSON / YAML) but store tuples so the dataclass stays hashable.
-        for f in ("hidden_sizes", "momentum_decays", "adafactor_decays", "time_scales", "loss_decays"):
+        for f in ("hidden_sizes", "momentum_decays", "adafactor_decays", "time_scales", "loss_decays", "fraction_offsets"):
             v = getattr(self, f)
             if isinstance(v, list):
                 object.__setattr__(self, f, tuple(v))
@@ -154,6 +163,8 @@ class MLPLOpt:
                 f"MLPLOpt.normalize_adam_features={self.normalize_adam_features!r}: expected True "
                 "or False (in YAML: true / false)."
             )
+        if not isinstance(self.schedule_hidden, int) or self.schedule_hidden < 1:
+            raise ValueError(f"MLPLOpt.schedule_hidden={self.schedule_hidden!r}: expected a positive int.")
         if not isinstance(self.base_fan_in, int) or self.base_fan_in < 1:
             raise ValueError(f"MLPLOpt.base_fan_in={self.base_fan_in!r}: expected a positive int.")
 
@@ -182,6 +193,13 @@ class MLPLOpt:
     def num_tensor_features(self) -> int:
         n_m, n_a = len(self.momentum_decays), len(self.adafactor_decays)
         return 3 + n_m + 1 + n_m + 3 * n_a + n_m
+
+    @property
+    def num_schedule_features(self) -> int:
+        """Inputs of the learned schedule (0: no schedule)."""
+        if not self.fraction_offsets:
+            return 0
+        return len(self.fraction_offsets) + (len(self.loss_decays) if self.loss_features else 0)
 
     @property
     def num_global_features(self) -> int:
@@ -228,7 +246,21 @@ class MLPLOpt:
             skip_F = skip_F.at[self._adam_feature_index()].set(-1.0)
         # A learned global log step size: meta-training can rescale every update quickly,
         # which the MLP's magnitude output (exp_mult-damped) and the skip weights cannot.
-        return {"mlp": layers, "skip": skip_F, "log_step": jnp.zeros((), jnp.float32)}
+        theta = {"mlp": layers, "skip": skip_F, "log_step": jnp.zeros((), jnp.float32)}
+        if self.num_schedule_features:
+            theta["schedule"] = self.init_schedule(keys[-1])
+        return theta
+
+    def init_schedule(self, key: jax.Array) -> dict:
+        """The schedule MLP's weights; its output layer starts at 0 (no change to log_step)."""
+        n_in, hidden = self.num_schedule_features, self.schedule_hidden
+        k = jax.random.fold_in(key, 0x5CED)
+        return {
+            "w": jax.random.normal(k, (n_in, hidden), jnp.float32) / math.sqrt(n_in),
+            "b": jnp.zeros((hidden,), jnp.float32),
+            "w_out": jnp.zeros((hidden,), jnp.float32),
+            "b_out": jnp.zeros((), jnp.float32),
+        }
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -248,14 +280,19 @@ class MLPLOpt:
 
     # ---- update ------------------------------------------------------------------------------
 
-    def update(self, theta, grads, state: MLPLOptState, params, *, loss=None, roles=None):
-        """(updates, new_state) for one step; see the module docstring."""
+    def update(self, theta, grads, state: MLPLOptState, params, *, loss=None, roles=None, num_steps=None):
+        """(updates, new_state) for one step; see the module docstring.
+
+        num_steps: the length of training, read by the schedule (`fraction_offsets`); ignored
+        without one.
+        """
         if params is None:
             raise ValueError(
                 "MLPLOpt.update needs params (the parameter value is an input feature): call "
                 "tx.update(grads, state, params)."
             )
-        loss_ema_L, glob_G = self._global_features(state, loss)
+        loss_ema_L, glob_G, loss_rel = self._global_features(state, loss)
+        log_step = theta["log_step"] + self._schedule(theta, state.count, num_steps, loss_rel)
         # The global features add the same vector to every parameter's first hidden layer.
         first = theta["mlp"][0]
         n_t = self.num_tensor_features
@@ -269,7 +306,7 @@ class MLPLOpt:
         leaf_roles = mup.resolve_roles(params, roles)
         new_acc, updates = [], []
         for g, p, acc, role in zip(leaves_g, leaves_p, leaves_acc, leaf_roles):
-            u, a = self._update_leaf(theta, first_bias_H, g, p, acc, role)
+            u, a = self._update_leaf(theta, first_bias_H, log_step, g, p, acc, role)
             updates.append(u)
             new_acc.append(a)
         new_state = MLPLOptState(
@@ -282,6 +319,7 @@ class MLPLOpt:
     def _global_features(self, state: MLPLOptState, loss):
         glob = [feat_lib.time_features(state.count, self.time_scales)]
         loss_ema_L = state.loss_ema_L
+        loss_rel = None
         if self.loss_features:
             if loss is None:
                 raise ValueError(
@@ -292,13 +330,31 @@ class MLPLOpt:
             # The first step has no history: start the averages at the current loss.
             prev_L = jnp.where(state.count == 0, loss, loss_ema_L)
             decays_L = jnp.asarray(self.loss_decays, jnp.float32)
-            glob.append(feat_lib.loss_features(loss, prev_L))
+            loss_rel = feat_lib.loss_features(loss, prev_L)
+            glob.append(loss_rel)
             loss_ema_L = decays_L * prev_L + (1 - decays_L) * loss
-        return loss_ema_L, jnp.concatenate(glob)
+        return loss_ema_L, jnp.concatenate(glob), loss_rel
 
-    def _update_leaf(self, theta, first_bias_H, g, p, acc, role):
+    def _schedule(self, theta, count, num_steps, loss_rel):
+        """The learned schedule's log step multiplier at this step (0 without a schedule)."""
+        if not self.fraction_offsets:
+            return jnp.zeros((), jnp.float32)
+        if num_steps is None:
+            raise ValueError(
+                f"MLPLOpt(fraction_offsets={self.fraction_offsets}) follows a learned schedule over "
+                "the length of training and needs it: learned_opt.load(name, num_steps=N) or "
+                "to_optax(arch, theta, num_steps=N), with N the number of training steps."
+            )
+        feats = [feat_lib.fraction_features(count, num_steps, self.fraction_offsets)]
+        if loss_rel is not None:
+            feats.append(loss_rel)
+        sched = theta["schedule"]
+        h = jnp.tanh(jnp.concatenate(feats) @ sched["w"] + sched["b"])
+        return h @ sched["w_out"] + sched["b_out"]
+
+    def _update_leaf(self, theta, first_bias_H, log_step, g, p, acc, role):
         if self.impl == "native" and p.dtype in (jnp.float32, jnp.bfloat16) and g.dtype in (jnp.float32, jnp.bfloat16):
-            return self._update_leaf_native(theta, first_bias_H, g, p, acc, role)
+            return self._update_leaf_native(theta, first_bias_H, log_step, g, p, acc, role)
         shape = tuple(jnp.shape(p))
         rows, cols = matrix_shape(shape)
         g_RxC = jnp.clip(g.astype(jnp.float32), -feat_lib.GRAD_CLIP, feat_lib.GRAD_CLIP).reshape(rows, cols)
@@ -337,10 +393,10 @@ class MLPLOpt:
             feat_NxF = jnp.stack(feats.broadcast(), axis=-1).reshape(-1, self.num_tensor_features)
             direction, log_mag = self._mlp(theta, first_bias_H, feat_NxF * inv_T)
         scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
-        step = direction * jnp.exp(self.exp_mult * log_mag + theta["log_step"]) * (self.step_mult * scale)
+        step = direction * jnp.exp(self.exp_mult * log_mag + log_step) * (self.step_mult * scale)
         return step.reshape(shape).astype(p.dtype), acc
 
-    def _update_leaf_native(self, theta, first_bias_H, g, p, acc, role):
+    def _update_leaf_native(self, theta, first_bias_H, log_step, g, p, acc, role):
         """The same step with the per-element work in one native loop (learned_opt.native).
 
         Here only per-tensor, per-row and per-column quantities are computed: Adafactor's
@@ -392,7 +448,7 @@ class MLPLOpt:
         row_bias_OxR = w_TxO[n_e : n_e + n_a].T @ rows_KxR + bias_O[:, None]
         col_bias_OxC = w_TxO[n_e + n_a :].T @ cols_KxC
         scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
-        out_scale = jnp.exp(theta["log_step"]) * (self.step_mult * scale)
+        out_scale = jnp.exp(log_step) * (self.step_mult * scale)
         v_cap = feat_lib.RSQRT_CAP * jax.lax.rsqrt(rms_mean + eps)
         upd_RxC, m_MxRxC, v_RxC = native.step(
             spec,

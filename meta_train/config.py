@@ -44,10 +44,18 @@ class TasksConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """architecture: a key of `learned_opt.ARCHITECTURES`; kwargs override its fields."""
+    """architecture: a key of `learned_opt.ARCHITECTURES`; kwargs override its fields.
+    init_theta: warm start from this exported theta (`lopt export`, `theta.safetensors`, a
+        pretrained name): its arrays replace the initial theta's, and parts it lacks (say, a
+        schedule added since) keep their initialization. None: start from `init_theta(key)`.
+    trainable: top-level keys of theta that meta-training changes (e.g. [schedule, log_step]:
+        Celo's second phase, the per-parameter rule frozen); the others are neither perturbed
+        nor updated. Empty: all of theta."""
 
     architecture: str = "mlp_small"
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    init_theta: Optional[str] = None
+    trainable: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ class AntitheticES:
     unroll: UnrollConfig
     num_pairs: int = 8
     sigma: float = 0.01
+    trainable: tuple[str, ...] = ()  # top-level theta parts perturbed; () = all
 
     num_branches = 2
 
@@ -36,7 +37,7 @@ class AntitheticES:
 
     def estimate(self, theta: Any, pool: Any, states: UnrollState, key: jax.Array):
         states, was_reset = population.reset_population(self.arch, self.unroll, pool, states)
-        eps = robust.tree_sample_normal(key, theta, (self.num_pairs,), self.sigma)
+        eps = robust.zero_frozen(robust.tree_sample_normal(key, theta, (self.num_pairs,), self.sigma), self.trainable)
         signs = jnp.array([1.0, -1.0])
         thetas = jax.tree.map(
             lambda t, e: t[None, None] + signs.reshape(1, 2, *(1,) * t.ndim) * e[:, None], theta, eps

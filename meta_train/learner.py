@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from meta_train import robust
+
 # Events counted per outer step and accumulated in LearnerState.totals.
 COUNTED_EVENTS = (
     "unroll/resets",
@@ -64,13 +66,27 @@ def learning_rate_schedule(cfg: OuterConfig, num_steps: int) -> optax.Schedule:
     )
 
 
-def make_outer_optimizer(cfg: OuterConfig, num_steps: int) -> optax.GradientTransformation:
+def freeze_untrainable(trainable) -> optax.GradientTransformation:
+    """Zeroes the updates of theta's top-level parts not named in `trainable` (() = none frozen)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        return robust.zero_frozen(updates, tuple(trainable)), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def make_outer_optimizer(cfg: OuterConfig, num_steps: int, trainable=()) -> optax.GradientTransformation:
+    """AdamW on the schedule of `cfg`; parts of theta outside `trainable` never move (their
+    meta-gradient is zeroed before clipping, their update, weight decay included, after)."""
     return optax.chain(
+        freeze_untrainable(trainable),
         optax.clip_by_global_norm(cfg.clip_norm),
         optax.adamw(
             learning_rate_schedule(cfg, num_steps), b1=cfg.b1, b2=cfg.b2,
             weight_decay=cfg.weight_decay,
         ),
+        freeze_untrainable(trainable),
     )
 
 

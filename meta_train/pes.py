@@ -32,6 +32,7 @@ class PES:
     unroll: UnrollConfig
     num_pairs: int = 8
     sigma: float = 0.01
+    trainable: tuple[str, ...] = ()  # top-level theta parts perturbed; () = all
 
     num_branches = 2
 
@@ -44,7 +45,7 @@ class PES:
 
     def estimate(self, theta: Any, pool: Any, states: PESState, key: jax.Array):
         unroll, was_reset = population.reset_population(self.arch, self.unroll, pool, states.unroll)
-        eps = robust.tree_sample_normal(key, theta, (self.num_pairs,), self.sigma)
+        eps = robust.zero_frozen(robust.tree_sample_normal(key, theta, (self.num_pairs,), self.sigma), self.trainable)
 
         def add(a, e):
             kept = jnp.where(was_reset.reshape((-1,) + (1,) * (a.ndim - 1)), 0.0, a)

@@ -46,11 +46,11 @@ def compare_with_adamw(arch: Any, theta: Any, family: Any, cfg, initial_theta: A
     key = jax.random.PRNGKey(cfg.seed)
     tasks = pool_lib.make_pool(family, jax.random.fold_in(key, 0), cfg.num_tasks)
     optimizers = {
-        "learned": learned_opt.to_optax(arch, theta),
+        "learned": learned_opt.to_optax(arch, theta, num_steps=cfg.num_steps),
         f"adamw_lr{cfg.adamw_learning_rate:g}": optax.adamw(cfg.adamw_learning_rate),
     }
     if initial_theta is not None:
-        optimizers["learned_before_meta_training"] = learned_opt.to_optax(arch, initial_theta)
+        optimizers["learned_before_meta_training"] = learned_opt.to_optax(arch, initial_theta, num_steps=cfg.num_steps)
     result = {}
     for name, tx in optimizers.items():
         losses, test = train_curves(tx, tasks, cfg.num_steps, jax.random.fold_in(key, 1))

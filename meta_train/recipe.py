@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from meta_train import families
+from meta_train import families, robust
 from meta_train import pool as pool_lib
 from meta_train.config import MetaTrainConfig
 from meta_train.estimators import make_estimator
@@ -43,13 +43,48 @@ def make_components(config: MetaTrainConfig, arch: Any = None) -> Components:
     family = families.make_family(config.tasks.family, config.tasks.kwargs)
     est = config.estimator
     estimator = make_estimator(
-        est.name, arch=arch, unroll=config.unroll, num_pairs=est.num_pairs, sigma=est.sigma
+        est.name, arch=arch, unroll=config.unroll, num_pairs=est.num_pairs, sigma=est.sigma,
+        trainable=tuple(config.optimizer.trainable),
     )
     return Components(arch, family, estimator)
 
 
 def initial_theta(config: MetaTrainConfig, arch: Any) -> Any:
-    return arch.init_theta(jax.random.fold_in(base_key(config), 1))
+    """`arch.init_theta`, with `optimizer.init_theta`'s arrays in place of its own where given."""
+    theta = arch.init_theta(jax.random.fold_in(base_key(config), 1))
+    robust.check_trainable(theta, config.optimizer.trainable)
+    if config.optimizer.init_theta is None:
+        return theta
+    return warm_start(theta, arch, config.optimizer.init_theta)
+
+
+def warm_start(theta: Any, arch: Any, source: str) -> Any:
+    """theta's top-level parts replaced by those of the exported theta at `source`.
+
+    The source's architecture must give theta the same arrays (same shapes) for every part they
+    share; a part the source lacks keeps its initialization, a part only the source has is an
+    error (it would be silently dropped).
+    """
+    import learned_opt
+
+    _, loaded, _ = learned_opt.load_theta(source)
+    if not isinstance(theta, dict) or not isinstance(loaded, dict):
+        raise ValueError(f"optimizer.init_theta={source!r}: warm starts need dict thetas.")
+    extra = sorted(set(loaded) - set(theta))
+    if extra:
+        raise ValueError(
+            f"optimizer.init_theta={source!r} has parts {extra} that {type(arch).__name__} with "
+            "this recipe's kwargs does not: give the recipe the architecture the theta was trained with."
+        )
+    for name, part in loaded.items():
+        want = jax.tree.map(lambda x: (x.shape, str(x.dtype)), theta[name])
+        got = jax.tree.map(lambda x: (x.shape, str(x.dtype)), part)
+        if want != got:
+            raise ValueError(
+                f"optimizer.init_theta={source!r}: theta[{name!r}] has shapes {got}, this recipe's "
+                f"architecture expects {want}; give the recipe the architecture the theta was trained with."
+            )
+    return {**theta, **loaded}
 
 
 def make_task_pool(config: MetaTrainConfig, parts: Components, index: int) -> Any:

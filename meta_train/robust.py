@@ -46,3 +46,26 @@ def tree_sample_normal(key: jax.Array, tree: Any, leading: tuple[int, ...], std:
         for k, x in zip(keys, leaves)
     ]
     return jax.tree.unflatten(treedef, noise)
+
+
+def check_trainable(theta: Any, trainable) -> None:
+    """A clear error unless every name in `trainable` is a top-level key of a dict theta."""
+    if not trainable:
+        return
+    keys = sorted(theta) if isinstance(theta, dict) else None
+    unknown = [k for k in trainable if keys is None or k not in keys]
+    if unknown:
+        raise ValueError(
+            f"optimizer.trainable={list(trainable)}: {unknown} are not top-level parts of theta "
+            f"(its parts: {keys}); name some of them, or leave it empty to train all of theta."
+        )
+
+
+def zero_frozen(tree: Any, trainable) -> Any:
+    """`tree` (theta-shaped) with every top-level part not named in `trainable` set to zeros.
+
+    Empty `trainable` means everything is trainable: the tree comes back unchanged.
+    """
+    if not trainable:
+        return tree
+    return {k: v if k in trainable else jax.tree.map(jnp.zeros_like, v) for k, v in tree.items()}

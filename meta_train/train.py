@@ -84,7 +84,7 @@ def build_run(config: MetaTrainConfig, *, arch: Any = None, pool: WorkerPool | N
     """
     parts = recipe.make_components(config, arch)
     theta = recipe.initial_theta(config, parts.arch)
-    tx = learner_lib.make_outer_optimizer(config.outer, config.run.num_steps)
+    tx = learner_lib.make_outer_optimizer(config.outer, config.run.num_steps, config.optimizer.trainable)
     pools: list[Any] = []
     if pool is None:
         pools = [recipe.make_task_pool(config, parts, i) for i in range(num_workers(config))]
@@ -249,7 +249,7 @@ def _train(run: Run, ckpt: Checkpointer, workdir: str, *, resume: bool, latest: 
     if config.eval.enabled:
         from meta_train import quick_eval
 
-        initial_theta = run.arch.init_theta(jax.random.fold_in(jax.random.PRNGKey(config.run.seed), 1))
+        initial_theta = recipe.initial_theta(config, run.arch)
         eval_summary = quick_eval.evaluate_and_report(
             run.arch, run.learner.theta, run.family, config.eval, workdir, initial_theta
         )

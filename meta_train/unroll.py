@@ -13,9 +13,11 @@ vmap it.
 
 Horizons are log-uniform in [min_horizon, max_horizon], rounded up to a multiple of the
 truncation length K, so resets happen exactly at truncation boundaries and a truncation never
-straddles two tasks. With `stagger`, each member's first episode starts at a random
-truncation-aligned offset into its horizon (it is shortened, not pre-trained), so after the
-first resets the population covers every phase of training.
+straddles two tasks. With `stagger`, each member's first episode is shortened by a random
+truncation-aligned amount (fresh params, fewer steps), so the members' resets are spread out
+and, after the first ones, the population covers every phase of training. The optimizer is told
+each episode's length (`update(..., num_steps=horizon)`), so one with a schedule sees the
+fraction of training it is at.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class UnrollConfig:
       loss): a loss falling from 1e-2 to 1e-4 counts as much as one from 1 to 1e-2, so
       meta-training rewards converging far, not just the first drop (needs positive losses).
     divergence_factor: a loss above factor * (initial loss), or non-finite, marks divergence.
+    meta_loss_clip: with c > 0, each step's loss / (initial loss) is clipped to at most c and a
+      non-finite one counts as c (learned_optimization's clipped meta-loss), so one member's
+      blow-up cannot dominate the estimate; 0 leaves the losses as they are.
     """
 
     truncation_length: int = 10
@@ -53,6 +58,7 @@ class UnrollConfig:
     stagger: bool = True
     meta_loss: str = "train"
     divergence_factor: float = 1e3
+    meta_loss_clip: float = 0.0
 
     def __post_init__(self):
         if self.truncation_length < 1:
@@ -64,6 +70,8 @@ class UnrollConfig:
             )
         if self.meta_loss not in META_LOSSES:
             raise ValueError(f"meta_loss={self.meta_loss!r}; expected one of {META_LOSSES}.")
+        if not self.meta_loss_clip >= 0:
+            raise ValueError(f"meta_loss_clip={self.meta_loss_clip}; expected >= 0 (0: no clipping).")
         if not self.divergence_factor > 1:
             raise ValueError(f"divergence_factor={self.divergence_factor}; expected > 1.")
 
@@ -90,9 +98,13 @@ class TruncationOutput(struct.PyTreeNode):
 
 
 def _normalized_meta_loss(cfg: UnrollConfig, metas_K: jax.Array, loss_scale: jax.Array):
+    relative_K = metas_K / loss_scale
+    if cfg.meta_loss_clip > 0:
+        c = cfg.meta_loss_clip
+        relative_K = jnp.minimum(jnp.nan_to_num(relative_K, nan=c, posinf=c), c)
     if cfg.meta_loss == "log_train":
-        return jnp.mean(jnp.log(jnp.maximum(metas_K / loss_scale, LOG_LOSS_FLOOR)))
-    return jnp.mean(metas_K) / loss_scale
+        return jnp.mean(jnp.log(jnp.maximum(relative_K, LOG_LOSS_FLOOR)))
+    return jnp.mean(relative_K)
 
 
 def pool_size(pool: Any) -> int:
@@ -140,7 +152,7 @@ def init_member(arch: Any, cfg: UnrollConfig, pool: Any, key: jax.Array) -> Unro
         k = cfg.truncation_length
         num_truncations = state.horizon // k
         offset = jax.random.randint(k_offset, (), 0, num_truncations) * k
-        state = state.replace(step=offset.astype(jnp.int32))
+        state = state.replace(horizon=(state.horizon - offset).astype(jnp.int32))
     return state
 
 
@@ -194,7 +206,9 @@ def truncation(
         k_step = jax.random.fold_in(state.rng, step)
         batch = task.sample_batch(jax.random.fold_in(k_step, 0), split="train")
         loss, grads = jax.value_and_grad(task.loss)(params, batch)
-        updates, opt_state = arch.update(theta, grads, opt_state, params, loss=loss, roles=roles)
+        updates, opt_state = arch.update(
+            theta, grads, opt_state, params, loss=loss, roles=roles, num_steps=state.horizon
+        )
         params = optax.apply_updates(params, updates)
         if cfg.meta_loss == "test":
             test_batch = task.sample_batch(jax.random.fold_in(k_step, 1), split="test")

@@ -1,11 +1,15 @@
 """Hand-designed baseline optimizers, each an optax transform built from a learning rate.
 
-`BASELINES[name]` is a `Baseline`: a factory `make(learning_rate, params, task)` and the default
+`BASELINES[name]` is a `Baseline`: a factory `make(learning_rate, params, task, num_steps)` and the default
 log-spaced learning-rate grid it is tuned over. The factory is called *inside* the traced
 training function with `learning_rate` a traced scalar, so one compiled program serves every
-point of the grid (vmapped); `params` is only read for shapes and module names (mu-Adam).
+point of the grid (vmapped); `params` is only read for shapes and module names (mu-Adam);
+`num_steps` is the run's length (schedules and learned optimizers that read the horizon).
 
     adamw         optax.adamw, weight decay 1e-4
+    adamw-cosine  the same with a warmup-cosine schedule: linear warmup over the first 5% of the
+                  run to the tuned peak learning rate, cosine decay to 0 at the last step (what
+                  a practitioner would pick)
     mu-adam       AdamW with mu-P per-tensor learning-rate multipliers (base_width / fan_in on
                   hidden matrices; `tasks.models.mup.adam_lr_multipliers`), decoupled weight
                   decay scaled with the same per-tensor learning rate
@@ -71,11 +75,25 @@ def _base_width(task: Any) -> int:
     return getattr(getattr(task, "model", None), "base_width", DEFAULT_BASE_WIDTH)
 
 
-def _adamw(learning_rate, params, task):
+def _adamw(learning_rate, params, task, num_steps):
     return optax.adamw(learning_rate, weight_decay=WEIGHT_DECAY)
 
 
-def _mu_adam(learning_rate, params, task):
+COSINE_WARMUP_FRACTION = 0.05
+
+
+def _adamw_cosine(learning_rate, params, task, num_steps):
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=learning_rate,
+        warmup_steps=max(1, int(COSINE_WARMUP_FRACTION * num_steps)),
+        decay_steps=max(2, num_steps),
+        end_value=0.0,
+    )
+    return optax.adamw(schedule, weight_decay=WEIGHT_DECAY)
+
+
+def _mu_adam(learning_rate, params, task, num_steps):
     from tasks.models.mup import adam_lr_multipliers
 
     multipliers = adam_lr_multipliers(params, _base_width(task))
@@ -87,15 +105,15 @@ def _mu_adam(learning_rate, params, task):
     )
 
 
-def _sgd_momentum(learning_rate, params, task):
+def _sgd_momentum(learning_rate, params, task, num_steps):
     return optax.sgd(learning_rate, momentum=0.9)
 
 
-def _lion(learning_rate, params, task):
+def _lion(learning_rate, params, task, num_steps):
     return optax.lion(learning_rate, weight_decay=WEIGHT_DECAY)
 
 
-def _adafactor(learning_rate, params, task):
+def _adafactor(learning_rate, params, task, num_steps):
     return optax.adafactor(learning_rate)
 
 
@@ -103,6 +121,7 @@ BASELINES: dict[str, Baseline] = {
     b.name: b
     for b in (
         Baseline("adamw", _adamw, LRGrid(1e-4, 1e-1, 7)),
+        Baseline("adamw-cosine", _adamw_cosine, LRGrid(1e-4, 1e-1, 7)),
         Baseline("mu-adam", _mu_adam, LRGrid(1e-4, 1e-1, 7)),
         Baseline("sgd-momentum", _sgd_momentum, LRGrid(1e-3, 1.0, 7)),
         Baseline("lion", _lion, LRGrid(1e-5, 1e-2, 7)),

@@ -102,7 +102,7 @@ def make_train_step(task, tx: optax.GradientTransformationExtraArgs, data_key: j
 def _one_run(spec: OptimizerSpec, schedule: RunSchedule, task, learning_rate, seed_key):
     k_init, k_data, k_eval = jax.random.split(seed_key, 3)
     params = task.init(k_init)
-    tx = optax.with_extra_args_support(spec.make(learning_rate, params, task))
+    tx = optax.with_extra_args_support(spec.make(learning_rate, params, task, schedule.num_steps))
 
     def test_loss(p):
         return held_out_loss(task, p, k_eval)
@@ -162,7 +162,7 @@ def bytes_per_run(spec: OptimizerSpec, task) -> int:
 
     def state(key):
         params = task.init(key)
-        return params, spec.make(jnp.float32(1.0), params, task).init(params)
+        return params, spec.make(jnp.float32(1.0), params, task, 1).init(params)
 
     params, opt_state = jax.eval_shape(state, jax.random.PRNGKey(0))
     nbytes = lambda tree: sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))

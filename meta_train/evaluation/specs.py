@@ -29,7 +29,7 @@ class OptimizerSpecError(ValueError):
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a key of compiled programs
 class OptimizerSpec:
-    """label: the SPEC as given (a key in reports); make(lr, params, task) -> optax transform.
+    """label: the SPEC as given (a key in reports); make(lr, params, task, num_steps) -> optax transform.
 
     learning_rates: the grid tuned over (one point for fixed-LR baselines and learned optimizers;
     `tuned` False then). kind: "baseline" or "learned".
@@ -89,9 +89,9 @@ def _learned(spec: str) -> OptimizerSpec:
             raise OptimizerSpecError(f"Unknown optimizer {spec!r}. Valid: {valid_names()}.") from None
         raise OptimizerSpecError(f"--optimizer {spec!r}: {err}") from None
 
-    def make(learning_rate, params, task):
+    def make(learning_rate, params, task, num_steps):
         del learning_rate
-        return learned_opt.to_optax(arch, theta, roles=mup_roles(task, params))
+        return learned_opt.to_optax(arch, theta, roles=mup_roles(task, params), num_steps=num_steps)
 
     return OptimizerSpec(spec, "learned", make, (1.0,), tuned=False)
 

@@ -119,3 +119,42 @@ def test_cli_reports_config_errors(capsys, tmp_path):
     rc = cli.main(["meta-train", SMOKE, "--workdir", str(tmp_path), "estimator.nme=pes"])
     assert rc == 2
     assert "estimator.nme" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("estimator", ["pes", "tbptt"])
+def test_frozen_parts_of_theta_never_move(tmp_path, estimator):
+    config = toy_config("run.num_steps=8", "outer.learning_rate=0.1", "outer.warmup_steps=0",
+                        "outer.weight_decay=0.1", f"estimator.name={estimator}", "optimizer.trainable=[log_lr]")
+    arch = MomentumLOpt(init_lr=0.005)
+    result = meta_train(config, str(tmp_path), arch=arch)
+    start = arch.init_theta(None)
+    np.testing.assert_array_equal(result.theta["logit_beta"], start["logit_beta"])
+    assert float(result.theta["log_lr"]) > float(start["log_lr"]) + 0.3
+
+
+def test_unknown_trainable_part_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"\['lr'\] are not top-level parts of theta"):
+        meta_train(toy_config("optimizer.trainable=[lr]"), str(tmp_path), arch=MomentumLOpt())
+
+
+def test_warm_start_takes_the_exported_arrays_and_keeps_new_parts(tmp_path):
+    from meta_train import recipe
+
+    arch = learned_opt.ARCHITECTURES["mlp_small"]
+    theta = arch.init_theta(jax.random.key(7))
+    theta["log_step"] = theta["log_step"] + 1.5
+    path = learned_opt.save(tmp_path / "phase1.safetensors", arch, theta)
+    config = load_config(SMOKE, ["optimizer.architecture=mlp_small", f"optimizer.init_theta={path}",
+                                 "optimizer.kwargs.fraction_offsets=[0.5,1.0]"])
+    with_schedule = families.make_architecture("mlp_small", {"fraction_offsets": [0.5, 1.0]})
+    started = recipe.initial_theta(config, with_schedule)
+    fresh = recipe.initial_theta(dataclasses.replace(
+        config, optimizer=dataclasses.replace(config.optimizer, init_theta=None)), with_schedule)
+    assert float(started["log_step"]) == 1.5
+    for a, b in zip(jax.tree.leaves(started["mlp"]), jax.tree.leaves(theta["mlp"])):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(started["schedule"]), jax.tree.leaves(fresh["schedule"])):
+        np.testing.assert_array_equal(a, b)
+    wider = families.make_architecture("mlp_small", {"hidden_sizes": [8]})
+    with pytest.raises(ValueError, match="theta\\['mlp'\\] has shapes"):
+        recipe.initial_theta(config, wider)

@@ -1,5 +1,7 @@
 """Population mechanics (horizons, staggering, resets, shared batches) and divergence handling."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,16 +25,19 @@ def pool():
 
 
 def test_horizons_log_uniform_multiples_of_k_and_staggered(pool):
-    cfg = UnrollConfig(truncation_length=5, min_horizon=10, max_horizon=400, stagger=True)
-    states = population.init_population(MomentumLOpt(), cfg, pool, jax.random.PRNGKey(1), 512, 1)
-    horizon = np.asarray(states.horizon[:, 0])
-    step = np.asarray(states.step[:, 0])
-    assert np.all(horizon % 5 == 0) and horizon.min() >= 10 and horizon.max() <= 400
+    cfg = UnrollConfig(truncation_length=5, min_horizon=10, max_horizon=400, stagger=False)
+    key = jax.random.PRNGKey(1)
+    full = np.asarray(population.init_population(MomentumLOpt(), cfg, pool, key, 512, 1).horizon[:, 0])
+    assert np.all(full % 5 == 0) and full.min() >= 10 and full.max() <= 400
     # log-uniform: about half the mass below the geometric mean (63), not the arithmetic (205).
-    assert 0.4 < np.mean(horizon < 63) < 0.6
-    assert np.all(step % 5 == 0) and np.all(step < horizon)
-    phase = step / horizon
-    assert np.histogram(phase, bins=4, range=(0, 1))[0].min() > 50  # every phase is covered
+    assert 0.4 < np.mean(full < 63) < 0.6
+    staggered = dataclasses.replace(cfg, stagger=True)
+    states = population.init_population(MomentumLOpt(), staggered, pool, key, 512, 1)
+    horizon, step = np.asarray(states.horizon[:, 0]), np.asarray(states.step[:, 0])
+    # First episodes start at step 0 and are shortened by a multiple of K, never to nothing.
+    assert np.all(step == 0) and np.all(horizon % 5 == 0) and np.all((horizon >= 5) & (horizon <= full))
+    kept = horizon / full
+    assert np.histogram(kept, bins=4, range=(0, 1))[0].min() > 50  # resets spread over the episode
     assert len(np.unique(np.asarray(states.task_index))) == 8  # every pool task is used
 
 
@@ -149,3 +154,14 @@ def test_log_train_meta_loss_is_mean_log_of_normalized_train_loss(pool):
     _, log1 = unroll_lib.truncation(arch, one, theta, task, state)
     np.testing.assert_allclose(float(log1.meta_loss),
                                np.log(float(log1.raw_loss) / float(state.loss_scale)), rtol=1e-5)
+
+
+def test_clipped_meta_loss_bounds_each_step_and_counts_nan_as_the_clip():
+    cfg = UnrollConfig(meta_loss_clip=1.5)
+    losses_K = jnp.array([1.0, 4.0, jnp.nan, 0.5])
+    got = unroll_lib._normalized_meta_loss(cfg, losses_K, jnp.float32(2.0))
+    np.testing.assert_allclose(float(got), np.mean([0.5, 1.5, 1.5, 0.25]), rtol=1e-6)
+    unclipped = unroll_lib._normalized_meta_loss(UnrollConfig(), losses_K[:2], jnp.float32(2.0))
+    np.testing.assert_allclose(float(unclipped), 1.25, rtol=1e-6)
+    with pytest.raises(ValueError, match="meta_loss_clip=-1.0"):
+        UnrollConfig(meta_loss_clip=-1.0)

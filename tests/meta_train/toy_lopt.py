@@ -30,8 +30,8 @@ class MomentumLOpt:
     def init_state(self, params):
         return jax.tree.map(jnp.zeros_like, params)
 
-    def update(self, theta, grads, state, params, *, loss=None, roles=None):
-        del params, loss, roles
+    def update(self, theta, grads, state, params, *, loss=None, roles=None, num_steps=None):
+        del params, loss, roles, num_steps
         beta = jax.nn.sigmoid(theta["logit_beta"])
         lr = jnp.exp(theta["log_lr"])
         momentum = jax.tree.map(lambda m, g: beta * m + g, state, grads)

@@ -124,7 +124,7 @@ def test_mu_adam_scales_hidden_matrices_by_base_width_over_fan_in():
     grads = jax.tree.map(jnp.ones_like, params)
     updates = {}
     for name in ("adamw", "mu-adam"):
-        tx = BASELINES[name].make(0.1, params, _Task())
+        tx = BASELINES[name].make(0.1, params, _Task(), 100)
         updates[name], _ = tx.update(grads, tx.init(params), params)
     ratio = jax.tree.map(lambda a, b: float(jnp.mean(a / b)), updates["mu-adam"], updates["adamw"])
     assert np.isclose(ratio["hidden_1"]["kernel"], 64 / 256, rtol=1e-3)
@@ -133,3 +133,16 @@ def test_mu_adam_scales_hidden_matrices_by_base_width_over_fan_in():
         for p in path:
             leaf = leaf[p]
         assert np.isclose(leaf, 1.0, rtol=1e-3), path
+
+
+def test_adamw_cosine_warms_up_then_decays_to_zero_at_the_last_step():
+    params = {"w": jnp.zeros(3)}
+    grads = {"w": jnp.ones(3)}
+    tx = BASELINES["adamw-cosine"].make(0.1, params, None, 100)
+    state, sizes = tx.init(params), []
+    for _ in range(100):
+        u, state = tx.update(grads, state, params)
+        sizes.append(float(jnp.abs(u["w"][0])))
+    assert sizes[0] == 0.0 and sizes[2] < sizes[5]  # warm-up over the first 5 steps
+    np.testing.assert_allclose(max(sizes), 0.1, rtol=1e-3)  # the peak is the tuned LR
+    assert sizes[-1] < 1e-3 * max(sizes) and sizes[50] < 0.6 * max(sizes)
