@@ -30,6 +30,11 @@ def _add_meta_train(subparsers) -> None:
         "(10.0.0.1:6379, ray://head:10001). Default: no Ray, in-process workers. "
         "Workers, mode and resources come from the recipe's `distributed` group.",
     )
+    p.add_argument(
+        "--init-theta", default=None, metavar="FILE",
+        help="warm start from an exported theta (lopt export, theta.safetensors, a pretrained "
+        "name): the same as the override optimizer.init_theta=FILE",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.num_steps=10")
     p.set_defaults(func=_run_meta_train)
 
@@ -40,7 +45,10 @@ def _run_meta_train(args) -> int:
     from meta_train.config import load_config
     from meta_train.train import meta_train
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.init_theta is not None:
+        overrides.append(f"optimizer.init_theta={args.init_theta}")
+    config = load_config(args.config, overrides)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     result = meta_train(config, workdir, resume=args.resume, ray_address=args.ray)
     _print_summary(result)

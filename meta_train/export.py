@@ -8,6 +8,7 @@ architecture), so intermediate optimizers can be evaluated or shipped without re
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from meta_train import families, recipe
@@ -46,5 +47,41 @@ def export_checkpoint(workdir: str, *, step: int | None = None, out: str | None 
         ckpt.close()
     out = out or os.path.join(workdir, f"theta_step{step}.safetensors")
     metadata = {"recipe": to_dict(config), "meta_train_step": int(step),
-                "exported_from": os.path.abspath(workdir)}
+                "exported_from": os.path.abspath(workdir), "git_commit": git_commit(),
+                "compute": compute_summary(workdir, step)}
     return learned_opt.save(out, arch, theta, metadata=metadata)
+
+
+def git_commit() -> str | None:
+    """The commit of the code that runs (with '+dirty' for uncommitted changes); None outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def compute_summary(workdir: str, up_to_step: int) -> dict:
+    """Meta-training compute up to `up_to_step`, from the workdir's metrics.jsonl: inner steps
+    (every branch of every member) and wall seconds of the logged windows, on os.cpu_count() CPUs."""
+    from meta_train import metrics as metrics_lib
+
+    path = os.path.join(workdir, "metrics.jsonl")
+    rows = metrics_lib.read_jsonl(path) if os.path.isfile(path) else []
+    inner, wall, last = 0.0, 0.0, 0
+    for row in rows:
+        if row.get("step", 0) > up_to_step:
+            break
+        span = row["step"] - last
+        last = row["step"]
+        steps = float(row.get("unroll/inner_steps", 0.0)) * span
+        rate = float(row.get("perf/inner_steps_per_s", 0.0) or 0.0)
+        inner += steps
+        wall += steps / rate if rate > 0 else 0.0
+    return {"outer_steps": int(up_to_step), "inner_steps": int(inner), "wall_s": round(wall, 1),
+            "cpus": os.cpu_count()}

@@ -263,11 +263,15 @@ def _export(run: Run, workdir: str, last_metrics: dict[str, float]) -> str | Non
     if learned_opt.ARCHITECTURE_CLASSES.get(getattr(run.arch, "name", None)) is not type(run.arch):
         return None
     path = os.path.join(workdir, "theta.safetensors")
+    from meta_train.export import compute_summary, git_commit
+
     metadata = {
         "recipe": to_dict(run.config),
         "meta_train_step": int(run.learner.step),
         "final_meta_loss": last_metrics.get("meta_loss"),
         "totals": {k: float(v) for k, v in jax.device_get(run.learner.totals).items()},
+        "git_commit": git_commit(),
+        "compute": compute_summary(workdir, int(run.learner.step)),
     }
     learned_opt.save(path, run.arch, jax.device_get(run.learner.theta), metadata=metadata)
     return path

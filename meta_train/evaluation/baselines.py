@@ -83,14 +83,16 @@ COSINE_WARMUP_FRACTION = 0.05
 
 
 def _adamw_cosine(learning_rate, params, task, num_steps):
-    schedule = optax.warmup_cosine_decay_schedule(
+    # The shape has peak 1 and is scaled by the (traced) tuned LR, which optax's schedule
+    # constructors cannot take as their peak.
+    shape = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
-        peak_value=learning_rate,
+        peak_value=1.0,
         warmup_steps=max(1, int(COSINE_WARMUP_FRACTION * num_steps)),
         decay_steps=max(2, num_steps),
         end_value=0.0,
     )
-    return optax.adamw(schedule, weight_decay=WEIGHT_DECAY)
+    return optax.adamw(lambda count: learning_rate * shape(count), weight_decay=WEIGHT_DECAY)
 
 
 def _mu_adam(learning_rate, params, task, num_steps):

@@ -69,6 +69,8 @@ def test_cli_smoke_with_mlp_lopt_exports_loadable_theta(tmp_path, capsys):
     arch, theta, meta = learned_opt.load_theta(os.path.join(workdir, "theta.safetensors"))
     assert isinstance(arch, learned_opt.MLPLOpt)
     assert meta["meta_train_step"] == 3 and meta["recipe"]["run"]["num_steps"] == 3
+    assert meta["compute"]["outer_steps"] == 3 and meta["compute"]["inner_steps"] > 0
+    assert meta["compute"]["wall_s"] > 0 and "git_commit" in meta  # None outside a git checkout
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(theta))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
     rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
@@ -82,6 +84,7 @@ def test_cli_smoke_with_mlp_lopt_exports_loadable_theta(tmp_path, capsys):
     _, theta3, meta3 = learned_opt.load_theta(str(tmp_path / "t3.safetensors"))
     _, theta2, meta2 = learned_opt.load_theta(os.path.join(workdir, "theta_step2.safetensors"))
     assert (meta3["meta_train_step"], meta2["meta_train_step"]) == (3, 2)
+    assert meta2["compute"]["inner_steps"] * 3 == meta3["compute"]["inner_steps"] * 2
     for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(theta3)):
         np.testing.assert_array_equal(a, b)
     assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(theta2)))
