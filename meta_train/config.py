@@ -9,6 +9,7 @@ fails at load time with the full key path and the expected type; the result is a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Optional
 
@@ -31,6 +32,12 @@ class RunConfig:
     log_every: int = 1
     progress: bool = True
 
+    def __post_init__(self):
+        for name in ("num_steps", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"run.{name}={value}; expected >= 1 (outer steps).")
+
 
 @dataclasses.dataclass(frozen=True)
 class TasksConfig:
@@ -40,6 +47,10 @@ class TasksConfig:
     family: str = "quadratic"
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     pool_size: int = 16
+
+    def __post_init__(self):
+        if self.pool_size < 1:
+            raise ValueError(f"tasks.pool_size={self.pool_size}; expected >= 1 (tasks per worker pool).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +79,17 @@ class EstimatorConfig:
     num_pairs: int = 8
     sigma: float = 0.01
     num_workers: int = 1
+
+    def __post_init__(self):
+        if self.num_pairs < 1:
+            raise ValueError(f"estimator.num_pairs={self.num_pairs}; expected >= 1.")
+        if self.num_workers < 1:
+            raise ValueError(f"estimator.num_workers={self.num_workers}; expected >= 1.")
+        if not (math.isfinite(self.sigma) and self.sigma > 0) and self.name != "tbptt":
+            raise ValueError(
+                f"estimator.sigma={self.sigma}; expected a finite value > 0 (the perturbation std; "
+                "with 0 the antithetic branches are identical and nothing is learned)."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +243,22 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         raise _explain(err, source) from None
     except (ValueError, TypeError) as err:  # a dataclass __post_init__ rejected a value
         raise ConfigError(f"{source}: {err}") from None
+    _check_names(config, source)
     return config
+
+
+def _check_names(config: MetaTrainConfig, source: str) -> None:
+    """Registry names and their kwargs, checked when the recipe loads (before anything compiles)."""
+    from meta_train import families
+    from meta_train.estimators import ESTIMATORS
+
+    try:
+        if config.estimator.name not in ESTIMATORS:
+            raise ValueError(f"estimator.name={config.estimator.name!r}; expected one of {sorted(ESTIMATORS)}.")
+        families.make_architecture(config.optimizer.architecture, config.optimizer.kwargs)
+        families.make_family(config.tasks.family, config.tasks.kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def to_dict(config: MetaTrainConfig) -> dict[str, Any]:

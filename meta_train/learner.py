@@ -8,6 +8,7 @@ they survive checkpoints and appear in the metrics.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -47,12 +48,12 @@ class OuterConfig:
     clip_norm: float = 1.0
 
     def __post_init__(self):
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate={self.learning_rate}; expected > 0.")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"outer.learning_rate={self.learning_rate}; expected a finite value > 0.")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps}; expected >= 0.")
-        if not self.clip_norm > 0:
-            raise ValueError(f"clip_norm={self.clip_norm}; expected > 0.")
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ValueError(f"outer.clip_norm={self.clip_norm}; expected a finite value > 0.")
 
 
 def learning_rate_schedule(cfg: OuterConfig, num_steps: int) -> optax.Schedule:
