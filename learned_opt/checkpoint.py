@@ -174,7 +174,10 @@ def load_theta(name_or_path: str | os.PathLike) -> tuple[Any, Any, dict]:
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{where} has an invalid {arch_name} config: {e}") from None
     theta = _fill_template(arch, tensors, where)
-    provenance = json.loads(header.get("provenance") or "{}")
+    try:
+        provenance = json.loads(header.get("provenance") or "{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} has an invalid provenance field (not JSON: {e}).") from None
     return arch, theta, provenance
 
 

@@ -52,5 +52,16 @@ class MetricsWriter:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The rows of a metrics file. A torn last line (a run killed mid-write) is dropped; a bad
+    line before the last is corruption and names the file and line."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON ({line[:60]!r}...); the file is corrupt.") from None
+    return rows

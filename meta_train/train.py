@@ -154,9 +154,19 @@ def meta_train(
     them as Ray actors (`meta_train.ray_workers`). pool: an already built pool (the caller
     owns it and closes it), e.g. a `RayPool` whose actors a test wants to kill.
     """
+    if resume and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise WorkdirError(
+            f"--resume: {workdir!r} holds no meta-training run (no checkpoints/ in it); give the "
+            "--workdir of the run to continue, or drop --resume to start a new one."
+        )
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     latest = ckpt.latest_step()
+    if resume and latest is None:
+        ckpt.close()
+        raise WorkdirError(
+            f"--resume: {workdir!r} holds no checkpoint yet; drop --resume to start the run afresh."
+        )
     if latest is not None and not resume:
         ckpt.close()
         raise WorkdirError(

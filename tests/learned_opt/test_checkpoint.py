@@ -103,6 +103,12 @@ def test_wrong_format_version(saved, tmp_path):
         learned_opt.load_theta(bad)
 
 
+def test_bad_provenance_names_the_file(saved, tmp_path):
+    bad = _rewrite(saved[0], tmp_path / "prov.safetensors", header_update={"provenance": "{not json"})
+    with pytest.raises(ValueError, match=r"prov.safetensors' has an invalid provenance field"):
+        learned_opt.load_theta(bad)
+
+
 def test_shapes_not_matching_architecture(saved, tmp_path):
     path, arch, _ = saved
     wider = json.dumps({**json.loads(json.dumps(arch.__dict__)), "hidden_sizes": [16, 4]})

@@ -174,3 +174,20 @@ def test_warm_start_takes_the_exported_arrays_and_keeps_new_parts(tmp_path):
     wider = families.make_architecture("mlp_small", {"hidden_sizes": [8]})
     with pytest.raises(ValueError, match="theta\\['mlp'\\] has shapes"):
         recipe.initial_theta(config, wider)
+
+
+def test_resume_needs_a_run_to_resume(tmp_path):
+    with pytest.raises(WorkdirError, match="holds no meta-training run"):
+        meta_train(toy_config(), str(tmp_path / "missing"), arch=MomentumLOpt(), resume=True)
+    os.makedirs(tmp_path / "empty" / "checkpoints")
+    with pytest.raises(WorkdirError, match="holds no checkpoint yet"):
+        meta_train(toy_config(), str(tmp_path / "empty"), arch=MomentumLOpt(), resume=True)
+
+
+def test_torn_last_metrics_line_is_dropped_and_earlier_damage_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "meta_loss": 0.5}\n{"step": 2, "meta_lo')
+    assert metrics_lib.read_jsonl(str(path)) == [{"step": 1, "meta_loss": 0.5}]
+    path.write_text('{"step": 1, "meta_lo\n{"step": 2, "meta_loss": 0.5}\n')
+    with pytest.raises(ValueError, match="line 1 is not JSON"):
+        metrics_lib.read_jsonl(str(path))
