@@ -51,26 +51,41 @@ def _run_meta_train(args) -> int:
     config = load_config(args.config, overrides)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     result = meta_train(config, workdir, resume=args.resume, ray_address=args.ray)
-    _print_summary(result)
-    return 0
+    return _print_summary(result, config)
 
 
-def _print_summary(result) -> None:
+def _print_summary(result, config) -> int:
+    """Prints the run's summary; 1 when nothing was learned: every member's meta-gradient was
+    dropped (diverged) or every outer step was skipped as non-finite."""
+    from meta_train.config import num_workers
+
     from rich.console import Console
 
     console = Console()
     m = result.last_metrics
     console.print(f"[bold]done[/bold]: {result.step} outer steps in {result.workdir}")
+    skipped = m.get("total/outer_nonfinite_grad", 0.0) if m else 0.0
     if m:
         console.print(f"  final meta_loss {m.get('meta_loss', float('nan')):.4f}; "
-                      f"diverged total {m.get('total/unroll_diverged', 0):.0f}; "
-                      f"clipped total {m.get('total/outer_clipped', 0):.0f}")
+                      f"members diverged {m.get('total/unroll_diverged', 0):.0f}; "
+                      f"meta-gradients dropped {m.get('total/grad_dropped', 0):.0f}; "
+                      f"outer steps skipped (non-finite) {skipped:.0f}; "
+                      f"clipped {m.get('total/outer_clipped', 0):.0f}")
     if result.export_path:
         console.print(f"  exported learned optimizer: {result.export_path}")
     if result.eval_summary:
         for name, s in result.eval_summary.items():
             console.print(f"  eval {name}: mean train loss {s['mean_train_loss']:.4g}, "
                           f"final test loss {s['final_test_loss']:.4g}")
+    if not m or result.step == 0:
+        return 0
+    pairs = result.step * num_workers(config) * config.estimator.num_pairs
+    if m.get("total/grad_dropped", 0.0) >= pairs or skipped >= result.step:
+        console.print("[bold red]error[/bold red]: nothing was learned: every member diverged (its "
+                      "meta-gradient dropped) or every outer step was non-finite. Lower "
+                      "outer.learning_rate or the task's difficulty, or check the recipe.")
+        return 1
+    return 0
 
 
 def _add_export(subparsers) -> None:
@@ -85,6 +100,9 @@ def _add_export(subparsers) -> None:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", default=None,
                    help="output file (default: <workdir>/theta_step<step>.safetensors)")
+    p.add_argument("--standing", default=None, metavar="TEXT",
+                   help="the measured result to label a shipped optimizer with (its provenance's "
+                   "'standing'), e.g. 'in_distribution: 2/2 wins vs tuned AdamW (docs/pretrained.md)'")
     p.set_defaults(func=_run_export)
 
 
@@ -92,7 +110,7 @@ def _run_export(args) -> int:
     from meta_train.export import export_checkpoint
 
     try:
-        path = export_checkpoint(args.workdir, step=args.step, out=args.out)
+        path = export_checkpoint(args.workdir, step=args.step, out=args.out, standing=args.standing)
     except ValueError as err:
         print(f"lopt: error: {err}", file=sys.stderr)
         return 2

@@ -16,10 +16,12 @@ from meta_train.checkpoint import Checkpointer
 from meta_train.config import load_config, to_dict
 
 
-def export_checkpoint(workdir: str, *, step: int | None = None, out: str | None = None) -> Path:
+def export_checkpoint(workdir: str, *, step: int | None = None, out: str | None = None,
+                      standing: str | None = None) -> Path:
     """Writes theta of checkpoint `step` (default: the latest) to `out` and returns its path.
 
-    Default `out`: <workdir>/theta_step<step>.safetensors.
+    Default `out`: <workdir>/theta_step<step>.safetensors. `standing`: the measured result the
+    optimizer ships with (recorded in its provenance).
     """
     import learned_opt
 
@@ -49,6 +51,8 @@ def export_checkpoint(workdir: str, *, step: int | None = None, out: str | None 
     metadata = {"recipe": to_dict(config), "meta_train_step": int(step),
                 "exported_from": os.path.abspath(workdir), "git_commit": git_commit(),
                 "compute": compute_summary(workdir, step)}
+    if standing is not None:
+        metadata["standing"] = standing
     return learned_opt.save(out, arch, theta, metadata=metadata)
 
 

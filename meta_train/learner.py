@@ -117,14 +117,17 @@ def outer_step(
     tx: optax.GradientTransformation, clip_norm: float, state: LearnerState, grad: Any,
     estimator_metrics: dict[str, jax.Array],
 ) -> tuple[LearnerState, dict[str, jax.Array]]:
-    """Apply one meta-gradient. A non-finite meta-gradient is replaced by zeros and the update
-    is skipped (theta and the AdamW moments stay as they were); both cases are counted."""
+    """Apply one meta-gradient. A non-finite meta-gradient, or an update that would make theta
+    non-finite, is skipped (theta and the AdamW moments stay as they were) and counted in
+    `outer/nonfinite_grad`; clipping is counted in `outer/clipped`."""
     leaves = jax.tree.leaves(grad)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
     grad = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grad)
     grad_norm = optax.tree.norm(grad)
     updates, new_outer = tx.update(grad, state.outer_state, state.theta)
     new_theta = optax.apply_updates(state.theta, updates)
+    # A finite gradient can still overflow theta (a huge learning rate): never keep that either.
+    finite = finite & jnp.all(jnp.stack([jnp.all(jnp.isfinite(t)) for t in jax.tree.leaves(new_theta)]))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     events = {
         "unroll/resets": estimator_metrics["unroll/resets"],

@@ -81,10 +81,10 @@ def test_cli_smoke_with_mlp_lopt_exports_loadable_theta(tmp_path, capsys):
 
     # lopt export: checkpoint 3 is the final theta; checkpoint 2 is an earlier one.
     assert cli.main(["export", workdir, "--out", str(tmp_path / "t3.safetensors")]) == 0
-    assert cli.main(["export", workdir, "--step", "2"]) == 0
+    assert cli.main(["export", workdir, "--step", "2", "--standing", "untested"]) == 0
     _, theta3, meta3 = learned_opt.load_theta(str(tmp_path / "t3.safetensors"))
     _, theta2, meta2 = learned_opt.load_theta(os.path.join(workdir, "theta_step2.safetensors"))
-    assert (meta3["meta_train_step"], meta2["meta_train_step"]) == (3, 2)
+    assert (meta3["meta_train_step"], meta2["meta_train_step"]) == (3, 2) and meta2["standing"] == "untested"
     assert meta2["compute"]["inner_steps"] * 3 == meta3["compute"]["inner_steps"] * 2
     for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(theta3)):
         np.testing.assert_array_equal(a, b)
@@ -191,3 +191,12 @@ def test_torn_last_metrics_line_is_dropped_and_earlier_damage_named(tmp_path):
     path.write_text('{"step": 1, "meta_lo\n{"step": 2, "meta_loss": 0.5}\n')
     with pytest.raises(ValueError, match="line 1 is not JSON"):
         metrics_lib.read_jsonl(str(path))
+
+
+def test_a_run_where_every_member_diverges_exits_non_zero(tmp_path, capsys):
+    # A learning rate of 1e4 on the noisy quadratic: every truncation blows up.
+    rc = cli.main(["meta-train", SMOKE, "--workdir", str(tmp_path), *TOY_OVERRIDES, "run.num_steps=2",
+                   "optimizer.architecture=mlp_small", "optimizer.kwargs.step_mult=1e4"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "nothing was learned" in out
+    assert "meta-gradients dropped 16" in out.replace("\n", " ")

@@ -136,6 +136,16 @@ def test_outer_step_skips_nonfinite_and_clips_huge_gradients():
     assert float(state2.totals["unroll/diverged"]) == 2.0
 
 
+def test_an_update_that_overflows_theta_is_skipped():
+    cfg = learner_lib.OuterConfig(learning_rate=1e38, warmup_steps=0, clip_norm=1.0)
+    tx = learner_lib.make_outer_optimizer(cfg, 10)
+    state = learner_lib.init_learner(tx, {"a": jnp.full(3, 3e38)}, jax.random.PRNGKey(0))
+    step = jax.jit(lambda s, g, m: learner_lib.outer_step(tx, cfg.clip_norm, s, g, m))
+    new, m = step(state, {"a": -jnp.ones(3)}, _estimator_metrics())  # +1e38 on 3e38 overflows
+    np.testing.assert_array_equal(new.theta["a"], state.theta["a"])
+    assert float(m["outer/nonfinite_grad"]) == 1.0
+
+
 def test_log_train_meta_loss_is_mean_log_of_normalized_train_loss(pool):
     """Same run under both objectives; the log one is the mean of logs, below log of the mean."""
     arch = MomentumLOpt()
