@@ -126,3 +126,25 @@ def test_pes_error_shrinks_with_more_pairs(problem):
     few = np.mean([rel_err(episode_estimate(problem, "pes", 4, 16, seed=s), exact) for s in (1, 2, 3)])
     many = rel_err(episode_estimate(problem, "pes", 4, 2048, seed=4), exact)
     assert many < 0.6 * few
+
+
+def test_pes_forgets_the_previous_episode_at_a_reset(problem):
+    """At the first truncation of a new episode PES's accumulated noise is that truncation's
+    noise alone, so its estimate equals truncated ES's from the same state and key, exactly.
+    Keeping the old episode's noise would credit this episode's loss to perturbations that
+    never shaped it (more variance, and no longer the estimator the papers analyse)."""
+    pool, theta, _ = problem
+    k = 4
+    cfg = UnrollConfig(truncation_length=k, min_horizon=HORIZON, max_horizon=HORIZON, stagger=False)
+    pes = ESTIMATORS["pes"](arch=ARCH, unroll=cfg, num_pairs=8, sigma=0.01)
+    es = ESTIMATORS["es"](arch=ARCH, unroll=cfg, num_pairs=8, sigma=0.01)
+    states = pes.init_states(theta, pool, jax.random.PRNGKey(0))
+    estimate = jax.jit(pes.estimate)
+    for i in range(HORIZON // k):  # one whole episode: the next call resets every member
+        _, states, _ = estimate(theta, pool, states, jax.random.PRNGKey(i))
+    assert float(jnp.max(jnp.abs(flat(states.accum)))) > 0  # it did accumulate
+    key = jax.random.PRNGKey(99)
+    pes_grad, _, metrics = estimate(theta, pool, states, key)
+    es_grad, _, _ = jax.jit(es.estimate)(theta, pool, states.unroll, key)
+    assert float(metrics["unroll/resets"]) > 0
+    np.testing.assert_allclose(flat(pes_grad), flat(es_grad), rtol=1e-5, atol=1e-8)
