@@ -44,6 +44,10 @@ def add_evaluate(subparsers) -> None:
                    help="relative half-width of the tie band around AdamW's final loss")
     p.add_argument("--memory-budget-gb", type=float, default=2.0,
                    help="memory for one vmapped chunk of LR points x seeds (default 2)")
+    p.add_argument("--reuse-baselines", default=None, metavar="RESULTS_JSON",
+                   help="take tuned baselines' results from an earlier evaluation's results.json "
+                   "where its seeds, steps and LR grid match (baselines are deterministic in "
+                   "them); learned optimizers always run")
     p.set_defaults(func=run_evaluate)
 
 
@@ -76,6 +80,20 @@ def _print_summary(console, results, paths) -> None:
     console.print(f"report: {paths['markdown']}  results: {paths['json']}")
 
 
+def _read_previous(path):
+    if path is None:
+        return None
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--reuse-baselines {path!r}: cannot read an evaluation's results.json ({err}).") from None
+    previous["_path"] = str(path)
+    return previous
+
+
 def run_evaluate(args) -> int:
     from rich.console import Console
 
@@ -91,6 +109,7 @@ def run_evaluate(args) -> int:
         grids = dict(parse_lr_grid(g) for g in args.lr_grid)
         specs = with_reference([parse_optimizer(s, grids) for s in args.optimizer], grids)
         suite = resolve_suite(args.suite)
+        previous = _read_previous(args.reuse_baselines)
     except (OptimizerSpecError, SuiteError, ValueError) as err:
         print(f"lopt: error: {err}", file=sys.stderr)
         return 2
@@ -103,7 +122,7 @@ def run_evaluate(args) -> int:
     total = len(suite.entries) * sum(len(s.learning_rates) for s in specs)
     bar, advance = _progress_bar(console, total)
     with bar:
-        results = evaluate_suite(suite, specs, config, progress=advance)
+        results = evaluate_suite(suite, specs, config, progress=advance, previous=previous)
     paths = write_report(results, args.out)
     _print_summary(console, results, paths)
     return 0

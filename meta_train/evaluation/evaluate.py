@@ -141,10 +141,36 @@ def summarize(tasks: dict[str, dict], labels: list[str]) -> dict[str, dict]:
     return summary
 
 
+REUSE_CONFIG_KEYS = ("num_seeds", "base_seed", "num_evals", "max_steps", "final_fraction",
+                     "divergence_factor")
+
+
+def reusable_baseline(previous: dict[str, Any] | None, config: EvaluationConfig, task_name: str,
+                      steps: int, spec: OptimizerSpec) -> dict[str, Any] | None:
+    """A tuned baseline's result from an earlier evaluation (`results.json`) run with the same
+    seeds, steps, evaluation points and LR grid, or None. Baselines are deterministic in those,
+    so the runs need not be repeated to compare a new learned optimizer against them."""
+    if previous is None or spec.kind != "baseline":
+        return None
+    old_config = previous.get("config", {})
+    if any(old_config.get(k) != getattr(config, k) for k in REUSE_CONFIG_KEYS):
+        return None
+    task = previous.get("tasks", {}).get(task_name)
+    old = (task or {}).get("optimizers", {}).get(spec.label)
+    if not task or not old or task.get("steps") != steps:
+        return None
+    old_grid = old.get("lr_grid") or []
+    if len(old_grid) != len(spec.learning_rates) or not np.allclose(old_grid, spec.learning_rates, rtol=1e-6):
+        return None
+    return {**old, "reused_from": previous.get("_path", "an earlier evaluation")}
+
+
 def evaluate_suite(suite: Suite, specs: list[OptimizerSpec], config: EvaluationConfig, *,
-                   cache: ProgramCache = DEFAULT_CACHE, progress=None) -> dict[str, Any]:
+                   cache: ProgramCache = DEFAULT_CACHE, progress=None,
+                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Runs every optimizer on every available task; `progress(advance, description)` is
-    called as LR points finish (see cli.py for the rich bar)."""
+    called as LR points finish (see cli.py for the rich bar). `previous`: an earlier results
+    dict whose tuned baselines are reused where they match (`reusable_baseline`)."""
     if not specs or specs[0].label != REFERENCE:
         raise ValueError(f"specs must start with the reference {REFERENCE!r}; use with_reference.")
     tasks, skipped = {}, []
@@ -171,6 +197,12 @@ def evaluate_suite(suite: Suite, specs: list[OptimizerSpec], config: EvaluationC
         }
         for spec in specs:
             desc = f"{entry.name} / {spec.label}"
+            reused = reusable_baseline(previous, config, entry.name, steps, spec)
+            if reused is not None:
+                result["optimizers"][spec.label] = reused
+                if progress:
+                    progress(len(spec.learning_rates), f"{desc}: reused")
+                continue
             if progress:
                 progress(0, desc)
             runs = run_grid(spec, task, schedule, cache=cache,

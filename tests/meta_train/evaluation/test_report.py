@@ -131,3 +131,29 @@ def test_every_optimizer_sees_the_same_initial_params_and_first_batch(evaluation
         firsts = {r["train_curve"][0] for r in task["optimizers"].values()}
         tests0 = {r["test_curve"][0] for r in task["optimizers"].values()}
         assert len(firsts) == 1 and len(tests0) == 1
+
+
+def test_reused_baselines_are_the_same_numbers_and_are_marked(evaluation, tmp_path, suite_file, checkpoint_path, data_dir):
+    from meta_train.cli import main
+    from meta_train.evaluation.report import read_results
+    from tests.meta_train.evaluation.conftest import GRIDS
+
+    out, first, _ = evaluation
+    argv = ["evaluate", "--suite", suite_file, "--out", str(tmp_path), "--seeds", str(SEEDS),
+            "--data-dir", data_dir, "--optimizer", "sgd-momentum", "--optimizer", checkpoint_path,
+            "--reuse-baselines", str(out / "results.json")]
+    for g in GRIDS:
+        argv += ["--lr-grid", g]
+    assert main(argv) == 0
+    again = read_results(tmp_path)
+    for name, task in again["tasks"].items():
+        for label in ("adamw", "sgd-momentum", checkpoint_path):
+            new, old = task["optimizers"][label], first["tasks"][name]["optimizers"][label]
+            assert new["final_train_loss_per_seed"] == old["final_train_loss_per_seed"]
+            assert ("reused_from" in new) == (label != checkpoint_path)  # learned ones always run
+    # A different grid is a different tuning: nothing reused.
+    argv[argv.index("adamw=1e-3:1e-1:3")] = "adamw=1e-3:1e-1:4"
+    argv[argv.index(str(tmp_path))] = str(tmp_path / "b")
+    assert main(argv) == 0
+    changed = read_results(tmp_path / "b")
+    assert all("reused_from" not in t["optimizers"]["adamw"] for t in changed["tasks"].values())
