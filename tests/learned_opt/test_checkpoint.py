@@ -144,6 +144,15 @@ def test_unknown_load_option(saved):
         learned_opt.load(saved[0], hidden_sizes=(3,))
 
 
+def test_saved_file_is_readable_by_others_like_any_file(saved):
+    import stat
+
+    mode = stat.S_IMODE(os.stat(saved[0]).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+
+
 def test_save_is_atomic_and_leaves_no_temp_files(saved, tmp_path, monkeypatch):
     path, arch, theta = saved
     before = path.read_bytes()
