@@ -80,6 +80,19 @@ def _print_summary(console, results, paths) -> None:
     console.print(f"report: {paths['markdown']}  results: {paths['json']}")
 
 
+def _check_writable(out: str) -> None:
+    """Fails before any compute when the report could not be written."""
+    import os
+    import tempfile
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out!r} is not a writable directory ({err.strerror}); choose another.") from None
+
+
 def _read_previous(path):
     if path is None:
         return None
@@ -110,6 +123,7 @@ def run_evaluate(args) -> int:
         specs = with_reference([parse_optimizer(s, grids) for s in args.optimizer], grids)
         suite = resolve_suite(args.suite)
         previous = _read_previous(args.reuse_baselines)
+        _check_writable(args.out)
     except (OptimizerSpecError, SuiteError, ValueError) as err:
         print(f"lopt: error: {err}", file=sys.stderr)
         return 2
@@ -125,4 +139,9 @@ def run_evaluate(args) -> int:
         results = evaluate_suite(suite, specs, config, progress=advance, previous=previous)
     paths = write_report(results, args.out)
     _print_summary(console, results, paths)
+    if results["skipped_tasks"]:
+        print(f"lopt: error: {len(results['skipped_tasks'])} task(s) skipped, their data not prepared: "
+              f"{', '.join(results['skipped_tasks'])} (see $LEARNED_OPT_DATA_DIR or --data-dir); the "
+              "report covers the others.", file=sys.stderr)
+        return 1
     return 0

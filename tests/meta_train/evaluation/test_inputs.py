@@ -146,3 +146,18 @@ def test_adamw_cosine_warms_up_then_decays_to_zero_at_the_last_step():
     assert sizes[0] == 0.0 and sizes[2] < sizes[5]  # warm-up over the first 5 steps
     np.testing.assert_allclose(max(sizes), 0.1, rtol=1e-3)  # the peak is the tuned LR
     assert sizes[-1] < 1e-3 * max(sizes) and sizes[50] < 0.6 * max(sizes)
+
+
+def test_unwritable_out_fails_before_any_compute(capsys, tmp_path):
+    (tmp_path / "taken").write_text("a file, not a directory")
+    rc = main(["evaluate", "--out", str(tmp_path / "taken"), "--optimizer", "adamw", "--suite", "in_distribution"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is not a writable directory" in err and "Traceback" not in err
+
+
+def test_tasks_skipped_for_missing_data_make_a_non_zero_exit(capsys, tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("tasks:\n  - kind: mlp\n    dataset: mnist\n    width: 8\n    depth: 1\n    horizon: 5\n")
+    rc, err = _evaluate(capsys, tmp_path, "--optimizer", "adamw", "--suite", str(suite),
+                        "--data-dir", str(tmp_path / "empty"))
+    assert rc == 1 and "1 task(s) skipped" in err and "mnist" in err
