@@ -45,5 +45,6 @@ def test_wheel_ships_checkpoints_and_list_pretrained_finds_them(tmp_path):
     )
     where, names, arch_repr = out.stdout.strip().splitlines()
     assert where == str(tmp_path / "site" / "learned_opt" / "_pretrained")
-    assert names == "['tiny_demo']"
+    shipped = sorted(p.stem for p in (REPO / "checkpoints").glob("*.safetensors"))
+    assert names == str(sorted(shipped + ["tiny_demo"]))
     assert arch_repr.startswith("MLPLOpt(hidden_sizes=(4,)")

@@ -1,5 +1,6 @@
 """The tiny evaluation's report: files exist, numbers agree, bad optimizers lose, tuning works."""
 
+import dataclasses
 import math
 import re
 
@@ -151,9 +152,17 @@ def test_reused_baselines_are_the_same_numbers_and_are_marked(evaluation, tmp_pa
             new, old = task["optimizers"][label], first["tasks"][name]["optimizers"][label]
             assert new["final_train_loss_per_seed"] == old["final_train_loss_per_seed"]
             assert ("reused_from" in new) == (label != checkpoint_path)  # learned ones always run
-    # A different grid is a different tuning: nothing reused.
-    argv[argv.index("adamw=1e-3:1e-1:3")] = "adamw=1e-3:1e-1:4"
-    argv[argv.index(str(tmp_path))] = str(tmp_path / "b")
-    assert main(argv) == 0
-    changed = read_results(tmp_path / "b")
-    assert all("reused_from" not in t["optimizers"]["adamw"] for t in changed["tasks"].values())
+    # Another grid, other seeds or other steps are another tuning: nothing is reused.
+    from meta_train.evaluation.evaluate import EvaluationConfig, reusable_baseline
+    from meta_train.evaluation.specs import parse_lr_grid, parse_optimizer
+
+    name, grid = parse_lr_grid("adamw=1e-3:1e-1:3")
+    spec = parse_optimizer("adamw", {name: grid})
+    config = EvaluationConfig(**{k: first["config"][k] for k in ("num_seeds", "base_seed", "num_evals",
+                                                                "max_steps", "final_fraction", "divergence_factor")})
+    steps = first["tasks"]["quad_c1"]["steps"]
+    assert reusable_baseline(first, config, "quad_c1", steps, spec) is not None
+    other_grid = parse_optimizer("adamw", {name: parse_lr_grid("adamw=1e-3:1e-1:4")[1]})
+    assert reusable_baseline(first, config, "quad_c1", steps, other_grid) is None
+    assert reusable_baseline(first, dataclasses.replace(config, num_seeds=3), "quad_c1", steps, spec) is None
+    assert reusable_baseline(first, config, "quad_c1", steps + 1, spec) is None
