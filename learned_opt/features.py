@@ -82,6 +82,18 @@ def loss_features(loss: jax.Array, loss_ema_L: jax.Array) -> jax.Array:
     return jnp.tanh((loss - loss_ema_L) / (jnp.abs(loss_ema_L) + 1e-8))
 
 
+def log_remaining_fraction(count: jax.Array, num_steps: jax.Array) -> jax.Array:
+    """log((T - t) / T), floored at log(1 / T): 0 at the start, log(1/T) at the last step.
+
+    A learned power p of it gives the polynomial decay (1 - t/T)^p; the tanh fraction features
+    saturate, so a bounded function of them cannot go to zero at the end, this can. Past T (a
+    run longer than announced) it stays at the last step's value.
+    """
+    t = count.astype(jnp.float32)
+    T = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+    return jnp.log(jnp.maximum(T - t, 1.0) / T)
+
+
 def fraction_features(count: jax.Array, num_steps: jax.Array, offsets: tuple[float, ...]) -> jax.Array:
     """tanh(10 (t / T - x)) for each offset x (VeLO's fraction-of-training features).
 

@@ -50,6 +50,10 @@ class UnrollConfig:
     meta_loss_clip: with c > 0, each step's loss / (initial loss) is clipped to at most c and a
       non-finite one counts as c (learned_optimization's clipped meta-loss), so one member's
       blow-up cannot dominate the estimate; 0 leaves the losses as they are.
+    meta_loss_weight_power: p >= 0; step t of an episode of T steps weighs (p + 1) ((t + 1/2) / T)^p
+      in the meta-loss (mean weight 1 over the episode). 0 weighs every step alike (the mean
+      loss over training); larger p moves the objective toward the end of training, where the
+      final loss that evaluations compare is made, so schedules learn to decay.
     """
 
     truncation_length: int = 10
@@ -59,6 +63,7 @@ class UnrollConfig:
     meta_loss: str = "train"
     divergence_factor: float = 1e3
     meta_loss_clip: float = 0.0
+    meta_loss_weight_power: float = 0.0
 
     def __post_init__(self):
         if self.truncation_length < 1:
@@ -72,6 +77,11 @@ class UnrollConfig:
             raise ValueError(f"meta_loss={self.meta_loss!r}; expected one of {META_LOSSES}.")
         if not self.meta_loss_clip >= 0:
             raise ValueError(f"meta_loss_clip={self.meta_loss_clip}; expected >= 0 (0: no clipping).")
+        if not 0 <= self.meta_loss_weight_power < float("inf"):
+            raise ValueError(
+                f"meta_loss_weight_power={self.meta_loss_weight_power}; expected a finite value >= 0 "
+                "(0: every step weighs alike)."
+            )
         if not self.divergence_factor > 1:
             raise ValueError(f"divergence_factor={self.divergence_factor}; expected > 1.")
 
@@ -97,13 +107,23 @@ class TruncationOutput(struct.PyTreeNode):
     diverged: jax.Array  # bool[]
 
 
-def _normalized_meta_loss(cfg: UnrollConfig, metas_K: jax.Array, loss_scale: jax.Array):
+def step_weights(cfg: UnrollConfig, first_step: jax.Array, horizon: jax.Array) -> jax.Array:
+    """(K,) meta-loss weights of the truncation's steps first_step .. first_step + K - 1."""
+    p = cfg.meta_loss_weight_power
+    t_K = first_step + jnp.arange(cfg.truncation_length, dtype=jnp.float32)
+    fraction_K = (t_K + 0.5) / jnp.maximum(horizon.astype(jnp.float32), 1.0)
+    return (p + 1.0) * fraction_K**p
+
+
+def _normalized_meta_loss(cfg: UnrollConfig, metas_K: jax.Array, loss_scale: jax.Array, weights_K=None):
     relative_K = metas_K / loss_scale
     if cfg.meta_loss_clip > 0:
         c = cfg.meta_loss_clip
         relative_K = jnp.minimum(jnp.nan_to_num(relative_K, nan=c, posinf=c), c)
     if cfg.meta_loss == "log_train":
-        return jnp.mean(jnp.log(jnp.maximum(relative_K, LOG_LOSS_FLOOR)))
+        relative_K = jnp.log(jnp.maximum(relative_K, LOG_LOSS_FLOOR))
+    if weights_K is not None:
+        relative_K = weights_K * relative_K
     return jnp.mean(relative_K)
 
 
@@ -228,7 +248,14 @@ def truncation(
     exploded = exploded | jnp.any(~jnp.isfinite(metas)) | ~tree_all_finite(params)
     new_state = state.replace(params=params, opt_state=opt_state, step=step, diverged=exploded)
     out = TruncationOutput(
-        meta_loss=_normalized_meta_loss(cfg, metas, state.loss_scale),
+        meta_loss=_normalized_meta_loss(
+            cfg,
+            metas,
+            state.loss_scale,
+            step_weights(cfg, state.step.astype(jnp.float32), state.horizon)
+            if cfg.meta_loss_weight_power
+            else None,
+        ),
         raw_loss=jnp.mean(losses),
         diverged=exploded,
     )

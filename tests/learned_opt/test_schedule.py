@@ -70,3 +70,26 @@ def test_step_size_follows_the_schedule_over_the_fraction_of_training(impl):
         np.testing.assert_allclose(ratio, want, rtol=2e-3)
     assert sizes["decaying", 100][90] / sizes["base", 100][90] < 0.03  # near the end: decayed
     assert sizes["decaying", 1000][90] / sizes["base", 1000][90] > 0.95  # early: full
+
+
+def test_learned_decay_follows_the_remaining_fraction_to_the_end():
+    """schedule_decay's power p scales the step by ((T - t) / T)^p, the same for any T; p <= 0
+    is off (a decay that cannot turn into growth at the end); it needs the fraction schedule."""
+    arch = dataclasses.replace(ARCH, schedule_decay=True)
+    theta = arch.init_theta(jax.random.key(0))
+    assert float(theta["schedule_decay"]) == 0.0
+
+    def sizes(power, num_steps, steps):
+        tx = learned_opt.to_optax(arch, {**theta, "schedule_decay": jnp.float32(power)}, num_steps=num_steps)
+        step, state, out = jax.jit(tx.update), tx.init(PARAMS), []
+        for _ in range(steps):
+            u, state = step(PARAMS, state, PARAMS)
+            out.append(float(jnp.sqrt(jnp.mean(u["w"] ** 2))))
+        return np.array(out)
+
+    base = sizes(0.0, 40, 45)
+    np.testing.assert_allclose(sizes(-1.0, 40, 45), base, rtol=1e-6)
+    remaining = np.maximum(40 - np.arange(45), 1) / 40
+    np.testing.assert_allclose(sizes(2.0, 40, 45) / base, remaining**2, rtol=2e-3)
+    with pytest.raises(ValueError, match="give it fraction_offsets too"):
+        dataclasses.replace(learned_opt.ARCHITECTURES["mlp_small"], schedule_decay=True)

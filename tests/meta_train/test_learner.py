@@ -64,9 +64,15 @@ def test_resumed_run_ends_with_same_theta_as_uninterrupted(tmp_path):
 
 def test_cli_smoke_with_mlp_lopt_exports_loadable_theta(tmp_path, capsys):
     workdir = str(tmp_path / "run")
-    rc = cli.main(["meta-train", SMOKE, "--workdir", workdir, "run.num_steps=3",
+    # Warm-started from a file that is gone by export time: export must not need it.
+    smoke = load_config(SMOKE)
+    arch0 = families.make_architecture(smoke.optimizer.architecture, smoke.optimizer.kwargs)
+    start = tmp_path / "start.safetensors"
+    learned_opt.save(start, arch0, arch0.init_theta(jax.random.key(3)))
+    rc = cli.main(["meta-train", SMOKE, "--workdir", workdir, "run.num_steps=3", "--init-theta", str(start),
                    "run.checkpoint_every=2", "run.progress=false"])
     assert rc == 0
+    os.remove(start)
     arch, theta, meta = learned_opt.load_theta(os.path.join(workdir, "theta.safetensors"))
     assert isinstance(arch, learned_opt.MLPLOpt)
     assert meta["meta_train_step"] == 3 and meta["recipe"]["run"]["num_steps"] == 3
@@ -95,7 +101,8 @@ def test_cli_smoke_with_mlp_lopt_exports_loadable_theta(tmp_path, capsys):
     assert "not a meta-training workdir" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "quickstart.yaml", "pretrain_small.yaml"])
+@pytest.mark.parametrize("name", ["smoke.yaml", "quickstart.yaml", "pretrain_small.yaml", "pretrain_schedule.yaml",
+                                  "pretrain_schedule_decay.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(os.path.join(REPO, "configs", name))
     assert config.run.num_steps > 0

@@ -166,6 +166,23 @@ def test_log_train_meta_loss_is_mean_log_of_normalized_train_loss(pool):
                                np.log(float(log1.raw_loss) / float(state.loss_scale)), rtol=1e-5)
 
 
+def test_meta_loss_weights_move_the_objective_to_the_end_of_the_episode():
+    """Power p weighs step t of T by (p + 1) ((t + 1/2) / T)^p: mean 1 over an episode, so the
+    objective keeps its scale; 0 is the plain mean; p > 0 favours the late steps."""
+    cfg = UnrollConfig(truncation_length=10, meta_loss_weight_power=2.0)
+    horizon = jnp.int32(50)
+    w_TK = jnp.stack([unroll_lib.step_weights(cfg, jnp.float32(s), horizon) for s in range(0, 50, 10)])
+    np.testing.assert_allclose(float(jnp.mean(w_TK)), 1.0, rtol=1e-3)
+    assert float(w_TK[0, 0]) < 1e-3 and float(w_TK[-1, -1]) > 2.8
+    losses_K = jnp.linspace(1.0, 2.0, 10)
+    early = unroll_lib._normalized_meta_loss(cfg, losses_K, jnp.float32(1.0), w_TK[0])
+    late = unroll_lib._normalized_meta_loss(cfg, losses_K, jnp.float32(1.0), w_TK[-1])
+    np.testing.assert_allclose(float(early), float(jnp.mean(w_TK[0] * losses_K)), rtol=1e-6)
+    assert float(late) > 2 * float(early)
+    with pytest.raises(ValueError, match="meta_loss_weight_power=-1.0"):
+        UnrollConfig(meta_loss_weight_power=-1.0)
+
+
 def test_clipped_meta_loss_bounds_each_step_and_counts_nan_as_the_clip():
     cfg = UnrollConfig(meta_loss_clip=1.5)
     losses_K = jnp.array([1.0, 4.0, jnp.nan, 0.5])
