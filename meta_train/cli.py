@@ -24,6 +24,12 @@ def _add_meta_train(subparsers) -> None:
     p.add_argument("--workdir", default=None, help="output directory (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from the workdir's latest checkpoint")
     p.add_argument(
+        "--allow-change", action="append", default=[], metavar="KEY[,KEY]",
+        help="with --resume: accept these changed recipe keys (e.g. outer.learning_rate; "
+        "repeatable). Other changes that alter the trajectory (seed, learning rate, sigma, ...) "
+        "are refused; run.num_steps, logging, checkpointing and eval settings may always change.",
+    )
+    p.add_argument(
         "--ray", default=None, metavar="auto|local|ADDRESS",
         help="run the workers as Ray actors: 'auto' joins this host's cluster (ray start/ray up/"
         "ray job submit), 'local' starts one on this machine, or a cluster address "
@@ -50,7 +56,8 @@ def _run_meta_train(args) -> int:
         overrides.append(f"optimizer.init_theta={args.init_theta}")
     config = load_config(args.config, overrides)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
-    result = meta_train(config, workdir, resume=args.resume, ray_address=args.ray)
+    allow = [k.strip() for arg in args.allow_change for k in arg.split(",") if k.strip()]
+    result = meta_train(config, workdir, resume=args.resume, ray_address=args.ray, allow_change=allow)
     return _print_summary(result, config)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf import errors as oc_errors
@@ -268,3 +268,67 @@ def to_dict(config: MetaTrainConfig) -> dict[str, Any]:
 
 def to_yaml(config: MetaTrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(to_dict(config)))
+
+
+# Keys a resumed run may change without --allow-change: they decide how long the run goes, what
+# is logged, saved, shown or evaluated, and where workers run, not theta's trajectory up to now.
+# (A new run.num_steps does stretch the outer learning-rate schedule from the resumed step on.)
+RESUME_FREE_KEYS = (
+    "run.num_steps", "run.checkpoint_every", "run.log_every", "run.progress", "eval",
+    "distributed.num_cpus_per_worker", "distributed.num_gpus_per_worker",
+    "distributed.threads_per_worker", "distributed.max_restarts",
+    "distributed.resources_per_worker", "distributed.env_vars",
+)
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+ABSENT = _Absent()  # a key one of two configs lacks
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; an empty mapping is a leaf of its own."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _covers(name: str, key: str) -> bool:
+    return key == name or key.startswith(name + ".")
+
+
+def config_changes(old: Mapping[str, Any], new: MetaTrainConfig) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) of every dotted key that differs between a run's saved
+    config.yaml (as a dict) and `new`. Keys the old file lacks take the schema's defaults, so
+    fields added since the run was written do not count as changes while they keep them."""
+    plain = lambda tree: OmegaConf.to_container(OmegaConf.create(tree))
+    before = flatten(plain(OmegaConf.merge(OmegaConf.create(to_dict(MetaTrainConfig())),
+                                           OmegaConf.create(dict(old)))))
+    after = flatten(plain(to_dict(new)))
+    keys = list(after) + [k for k in before if k not in after]
+    return [(k, before.get(k, ABSENT), after.get(k, ABSENT)) for k in keys
+            if before.get(k, ABSENT) != after.get(k, ABSENT)]
+
+
+def refused_changes(changes: Sequence[tuple[str, Any, Any]], allowed: Sequence[str]) -> list:
+    """The changes neither in RESUME_FREE_KEYS nor named (a key or its group) in `allowed`."""
+    names = (*RESUME_FREE_KEYS, *allowed)
+    return [c for c in changes if not any(_covers(n, c[0]) for n in names)]
+
+
+def unknown_keys(names: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """The names that are neither one of the dotted `keys` nor a group of them (e.g. `outer`)."""
+    return [n for n in names if not any(_covers(n, k) for k in keys)]
+
+
+def describe_changes(changes: Sequence[tuple[str, Any, Any]]) -> str:
+    """'outer.learning_rate (0.001 -> 0.01), run.seed (0 -> 1)'."""
+    return ", ".join(f"{k} ({old!r} -> {new!r})" for k, old, new in changes)

@@ -5,9 +5,11 @@ is the only place with I/O: checkpoints (orbax), metrics (JSONL + TensorBoard), 
 progress bar, the final `learned_opt.save` export and the optional evaluation against AdamW.
 
 Workdir layout:
-    config.yaml          the resolved recipe
+    config.yaml          the resolved recipe (of the latest invocation)
+    config.<step>.yaml   the recipe before a resume at <step> that changed it (--allow-change)
     learner.log          the driver's log: workers' errors (with worker id), drops, restarts
     checkpoints/<step>/  orbax: theta, outer state, unroll states, rng, step
+    checkpoints.damaged/ checkpoints a resume found unreadable and skipped, kept for inspection
     metrics.jsonl        one row per logged outer step
     tensorboard/         the same scalars
     theta.safetensors    the exported learned optimizer (when its architecture is registered)
@@ -21,14 +23,18 @@ import dataclasses
 import functools
 import logging
 import os
+import shutil
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
+from omegaconf import OmegaConf
 
-from meta_train import learner as learner_lib, metrics as metrics_lib, recipe
-from meta_train.checkpoint import Checkpointer
+from meta_train import config as config_lib, learner as learner_lib, metrics as metrics_lib, recipe
+from meta_train.checkpoint import (
+    CheckpointDamagedError, Checkpointer, CheckpointMismatchError, flatten as flatten_tree,
+)
 from meta_train.config import MetaTrainConfig, num_workers, to_dict, to_yaml
 from meta_train.dispatch import LOG, Dispatcher
 from meta_train.worker_pool import LocalPool, WorkerPool
@@ -144,6 +150,7 @@ def meta_train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     ray_address: str | None = None,
     pool: WorkerPool | None = None,
+    allow_change: tuple[str, ...] | list[str] = (),
 ) -> RunResult:
     """Run (or, with resume, continue) meta-training in `workdir`.
 
@@ -153,7 +160,15 @@ def meta_train(
     ray_address: None runs the workers in-process; "local", "auto" or a cluster address runs
     them as Ray actors (`meta_train.ray_workers`). pool: an already built pool (the caller
     owns it and closes it), e.g. a `RayPool` whose actors a test wants to kill.
+    A resume continues from the newest readable checkpoint (damaged newer ones are set aside
+    with a warning), and refuses a recipe that changes the trajectory (seed, learning rate, ...)
+    from the workdir's config.yaml unless each such key (or its group) is in `allow_change`.
     """
+    if allow_change and not resume:
+        raise WorkdirError(
+            f"--allow-change {','.join(allow_change)} only applies with --resume (a new run has "
+            "nothing to change); drop it, or add --resume."
+        )
     if resume and not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise WorkdirError(
             f"--resume: {workdir!r} holds no meta-training run (no checkpoints/ in it); give the "
@@ -176,13 +191,14 @@ def meta_train(
     log_handler = _attach_log(workdir)
     owned_pool, started_ray = pool is None and ray_address is not None, False
     try:
+        changes = _recipe_changes(workdir, config, tuple(allow_change)) if resume else []
         if owned_pool:
             pool, started_ray = _ray_pool(config, ray_address, arch)
         run = build_run(config, arch=arch, pool=pool)
         LOG.info("meta-training %s: %d workers (%s, %s mode), step %d of %d", workdir,
                  run.pool.num_workers, type(run.pool).__name__, config.distributed.mode,
                  int(run.learner.step), config.run.num_steps)
-        return _train(run, ckpt, workdir, resume=resume, latest=latest, on_step=on_step)
+        return _train(run, ckpt, workdir, resume=resume, changes=changes, on_step=on_step)
     finally:
         ckpt.close()
         if owned_pool and pool is not None:
@@ -195,12 +211,99 @@ def meta_train(
         log_handler.close()
 
 
-def _train(run: Run, ckpt: Checkpointer, workdir: str, *, resume: bool, latest: int | None,
+def _recipe_changes(workdir: str, config: MetaTrainConfig, allow_change: tuple[str, ...]) -> list:
+    """What `config` changes from the workdir's config.yaml; raises WorkdirError when a change
+    that alters the trajectory is not named in `allow_change` (or a name is no config key)."""
+    path = os.path.join(workdir, "config.yaml")
+    if not os.path.isfile(path):
+        LOG.warning("%s is missing: cannot check that the recipe matches the run's", path)
+        return []
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:  # omegaconf/yaml errors share no base class
+        raise WorkdirError(
+            f"--resume: {path} is not readable YAML ({str(err).splitlines()[0]}); repair it, or "
+            "move it away to resume without comparing recipes."
+        ) from None
+    changes = config_lib.config_changes(old, config)
+    keys = [*config_lib.flatten(to_dict(config)), *(k for k, _, _ in changes)]
+    unknown = config_lib.unknown_keys(allow_change, keys)
+    if unknown:
+        raise WorkdirError(
+            f"--allow-change {','.join(unknown)}: not a key of the recipe; name dotted keys such "
+            "as outer.learning_rate or run.seed (or a group such as outer)."
+        )
+    refused = config_lib.refused_changes(changes, allow_change)
+    if refused:
+        raise WorkdirError(
+            f"--resume: the recipe differs from {path} in {config_lib.describe_changes(refused)}, "
+            "which change the run's trajectory; resume with the run's values, or pass "
+            f"--allow-change {','.join(k for k, _, _ in refused)} to continue with the new ones."
+        )
+    return changes
+
+
+def _first_nonfinite(tree: Any) -> str | None:
+    """The first floating-point leaf (by path) holding a NaN or an infinity."""
+    for k, x in flatten_tree(tree).items():
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x)):
+            return k
+    return None
+
+
+def _restore_latest_good(ckpt: Checkpointer, template: Any) -> tuple[int, Any]:
+    """The newest checkpoint that reads back whole with a finite learner (theta, AdamW moments),
+    and its step. Newer damaged ones are set aside (checkpoints.damaged/) with a warning, so the
+    resumed run can write their steps again; a changed recipe is an error, not damage."""
+    damaged: list[tuple[int, str]] = []
+    for step in reversed(ckpt.all_steps()):
+        try:
+            tree = ckpt.restore(step, template)
+            bad = _first_nonfinite(tree["learner"])
+            if bad is not None:
+                raise CheckpointDamagedError(
+                    f"checkpoint {ckpt.step_dir(step)}: 'learner/{bad}' is not finite")
+        except CheckpointDamagedError as err:
+            damaged.append((step, str(err)))
+            continue
+        except CheckpointMismatchError as err:
+            raise WorkdirError(f"--resume: {err}") from None
+        for bad_step, reason in damaged:
+            where = ckpt.set_aside(bad_step)
+            LOG.warning("checkpoint at step %d is damaged (%s); resuming from step %d instead "
+                        "(the damaged one is kept in %s)", bad_step, reason, step, where)
+        return step, tree
+    raise WorkdirError(
+        f"--resume: no usable checkpoint in {ckpt.directory}: "
+        + "; ".join(f"step {s}: {reason}" for s, reason in damaged)
+        + ". Start afresh in a new --workdir."
+    )
+
+
+def _keep_old_config(workdir: str, step: int) -> str:
+    """Copies config.yaml to config.<step>.yaml (never overwriting) before it is replaced."""
+    path, n = os.path.join(workdir, f"config.{step}.yaml"), 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(workdir, f"config.{step}.{n}.yaml")
+    shutil.copyfile(os.path.join(workdir, "config.yaml"), path)
+    return path
+
+
+def _train(run: Run, ckpt: Checkpointer, workdir: str, *, resume: bool, changes: list,
            on_step: Callable | None) -> RunResult:
     config = run.config
-    if resume and latest is not None:
-        run.load_checkpoint_tree(ckpt.restore(latest, run.checkpoint_tree()))
-        LOG.info("resumed from the checkpoint at step %d", latest)
+    if resume:
+        start, tree = _restore_latest_good(ckpt, run.checkpoint_tree())
+        run.load_checkpoint_tree(tree)
+        LOG.info("resumed from the checkpoint at step %d", start)
+        if changes:
+            kept = _keep_old_config(workdir, start)
+            free = not config_lib.refused_changes(changes, ())
+            (LOG.info if free else LOG.warning)(
+                "resuming at step %d with a changed recipe: %s; the previous config.yaml is kept "
+                "as %s", start, config_lib.describe_changes(changes), os.path.basename(kept))
     with open(os.path.join(workdir, "config.yaml"), "w", encoding="utf-8") as f:
         f.write(to_yaml(config))
 
