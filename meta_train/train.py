@@ -6,7 +6,7 @@ progress bar, the final `learned_opt.save` export and the optional evaluation ag
 
 Workdir layout:
     config.yaml          the resolved recipe (of the latest invocation)
-    config.<step>.yaml   the recipe before a resume at <step> that changed it (--allow-change)
+    config.<step>.yaml   the recipe a resume at <step> replaced, when it changed anything
     learner.log          the driver's log: workers' errors (with worker id), drops, restarts
     checkpoints/<step>/  orbax: theta, outer state, unroll states, rng, step
     checkpoints.damaged/ checkpoints a resume found unreadable and skipped, kept for inspection
