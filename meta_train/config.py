@@ -270,15 +270,14 @@ def to_yaml(config: MetaTrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(to_dict(config)))
 
 
-# Keys a resumed run may change without --allow-change: they decide how long the run goes, what
-# is logged, saved, shown or evaluated, and where workers run, not theta's trajectory up to now.
-# (A new run.num_steps does stretch the outer learning-rate schedule from the resumed step on.)
-RESUME_FREE_KEYS = (
-    "run.num_steps", "run.checkpoint_every", "run.log_every", "run.progress", "eval",
-    "distributed.num_cpus_per_worker", "distributed.num_gpus_per_worker",
-    "distributed.threads_per_worker", "distributed.max_restarts",
-    "distributed.resources_per_worker", "distributed.env_vars",
-)
+# Keys (or groups) a resumed run may change without --allow-change: they decide how long the run
+# goes, what is logged, saved, shown or evaluated, and where workers run (resources, threads,
+# restarts), not theta's trajectory. A new run.num_steps does stretch the outer learning-rate
+# schedule from the resumed step on.
+RESUME_FREE_KEYS = ("run.num_steps", "run.checkpoint_every", "run.log_every", "run.progress",
+                    "eval", "distributed")
+# ...except these, which decide which meta-gradients are computed and how they are combined.
+RESUME_PINNED_KEYS = ("distributed.num_workers", "distributed.mode", "distributed.max_staleness")
 
 
 class _Absent:
@@ -319,9 +318,11 @@ def config_changes(old: Mapping[str, Any], new: MetaTrainConfig) -> list[tuple[s
 
 
 def refused_changes(changes: Sequence[tuple[str, Any, Any]], allowed: Sequence[str]) -> list:
-    """The changes neither in RESUME_FREE_KEYS nor named (a key or its group) in `allowed`."""
-    names = (*RESUME_FREE_KEYS, *allowed)
-    return [c for c in changes if not any(_covers(n, c[0]) for n in names)]
+    """The changes that are not free to make (RESUME_FREE_KEYS less RESUME_PINNED_KEYS) and
+    that `allowed` does not name (a key or its group)."""
+    covered = lambda names, key: any(_covers(n, key) for n in names)
+    free = lambda key: covered(RESUME_FREE_KEYS, key) and not covered(RESUME_PINNED_KEYS, key)
+    return [c for c in changes if not free(c[0]) and not covered(allowed, c[0])]
 
 
 def unknown_keys(names: Sequence[str], keys: Sequence[str]) -> list[str]:

@@ -171,12 +171,15 @@ def test_config_changes_ignore_new_defaults_and_free_keys():
     del old["unroll"]["meta_loss_weight_power"]  # a field added after the run was written
     assert config_changes(old, config) == []
     changed = toy_config(*BASE, "run.num_steps=9", "eval.num_steps=3", "estimator.sigma=0.02",
-                         "tasks.kwargs.dim=5")
+                         "tasks.kwargs.dim=5", "distributed.threads_per_worker=2",
+                         "distributed.mode=async")
     changes = config_changes(to_dict(config), changed)
     assert [k for k, _, _ in changes] == ["run.num_steps", "tasks.kwargs.dim", "estimator.sigma",
-                                          "eval.num_steps"]
-    assert [k for k, _, _ in refused_changes(changes, ())] == ["tasks.kwargs.dim", "estimator.sigma"]
-    assert refused_changes(changes, ("tasks.kwargs", "estimator.sigma")) == []
+                                          "eval.num_steps", "distributed.mode",
+                                          "distributed.threads_per_worker"]
+    refused = ["tasks.kwargs.dim", "estimator.sigma", "distributed.mode"]
+    assert [k for k, _, _ in refused_changes(changes, ())] == refused
+    assert refused_changes(changes, ("tasks.kwargs", "estimator.sigma", "distributed")) == []
     assert "eval" in RESUME_FREE_KEYS and "run.seed" not in RESUME_FREE_KEYS
 
 
