@@ -1,6 +1,10 @@
 """The native step (impl='native') agrees with the reference step; its derivative is the XLA form's."""
 
 import dataclasses
+import os
+import threading
+import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -156,3 +160,99 @@ def test_step_kernel_matches_reference(shape, dtype, acc_dtype):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **tol)
     upd = np.asarray(want[0], np.float32)
     assert np.isfinite(upd).all() and np.std(upd) > 0  # a real update, element by element
+
+
+# ---- building: where, once, and the fallback -------------------------------------------
+
+# Answers --version with $FAKE_CC_VERSION; a compile logs itself, sleeps $FAKE_CC_SLEEP s and
+# writes a file that is not a library (or fails with "fake-cc: boom" when $FAKE_CC_FAIL is set).
+_FAKE_CC = """#!/bin/sh
+if [ "$1" = "--version" ]; then echo version >> "$FAKE_CC_LOG"; echo "fake-cc ${FAKE_CC_VERSION:-1.0}"; exit 0; fi
+echo compile >> "$FAKE_CC_LOG"
+if [ -n "$FAKE_CC_FAIL" ]; then echo "fake-cc: boom" >&2; exit 1; fi
+sleep "${FAKE_CC_SLEEP:-0}"
+while [ $# -gt 1 ]; do if [ "$1" = "-o" ]; then echo not-a-library > "$2"; fi; shift; done
+"""
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """No build attempted yet in this process, an empty cache dir, and a fake compiler as $CXX:
+    returns a function reading the fake compiler's invocations."""
+    monkeypatch.setattr(native, "_TARGETS", {})
+    monkeypatch.setenv("LEARNED_OPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("LEARNED_OPT_NATIVE", raising=False)
+    cc = tmp_path / "fake-cc"
+    cc.write_text(_FAKE_CC)
+    cc.chmod(0o755)
+    log = tmp_path / "cc.log"
+    monkeypatch.setenv("CXX", str(cc))
+    monkeypatch.setenv("FAKE_CC_LOG", str(log))
+    return lambda: log.read_text().split() if log.exists() else []
+
+
+def test_without_a_compiler_falls_back_to_xla_with_one_warning(fresh, monkeypatch, tmp_path):
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    params = {"w": jax.random.normal(jax.random.key(8), (12, 20))}
+    theta = _random_theta(REF)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ups_n, _ = _run(NATIVE, theta, params, steps=1)  # the step and both statistics ask for the kernel
+    assert [str(w.message) for w in caught if "native kernel" in str(w.message)] == [
+        "learned_opt: native kernel unavailable, using the XLA form instead: "
+        "no C++ compiler on PATH (set $CXX, or install g++ or clang++)"
+    ]
+    assert not native.available(SPEC)
+    ups_r, _ = _run(REF, theta, params, steps=1)
+    for a, b in zip(jax.tree.leaves(ups_n), jax.tree.leaves(ups_r)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8)
+
+
+def test_failed_compile_warns_once_with_the_compilers_error(fresh, monkeypatch):
+    monkeypatch.setenv("FAKE_CC_FAIL", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not native.available(SPEC)
+        assert not native.available(SPEC)
+    assert len(caught) == 1 and "fake-cc: boom" in str(caught[0].message)
+    assert fresh().count("compile") == 1
+    assert not list(Path(os.environ["LEARNED_OPT_CACHE_DIR"]).glob("*.so"))  # nothing half-built
+
+
+def test_cache_key_includes_the_compiler_version(fresh, monkeypatch):
+    first = native._build(SPEC)
+    assert native._build(SPEC) == first  # cached
+    monkeypatch.setenv("FAKE_CC_VERSION", "2.0")  # same path, upgraded compiler
+    assert native._build(SPEC) != first
+    assert fresh().count("compile") == 2
+
+
+def test_concurrent_builds_compile_once(fresh, monkeypatch):
+    """flock locks an open file, so two threads contend for it as two Ray workers would."""
+    monkeypatch.setenv("FAKE_CC_SLEEP", "1")  # long enough that both builders overlap
+    start, paths = threading.Barrier(2), []
+
+    def build():
+        start.wait()
+        paths.append(native._build(SPEC))
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(paths) == 2 and paths[0] == paths[1] and paths[0].read_text() == "not-a-library\n"
+    assert fresh().count("compile") == 1
+
+
+@pytest.mark.parametrize(
+    "backend, machine", [("gpu", "x86_64"), ("tpu", "x86_64"), ("cpu", "aarch64"), ("cpu", "arm64")]
+)
+def test_no_compile_off_x86_cpu(fresh, monkeypatch, backend, machine):
+    monkeypatch.setattr(native.jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(native.platform, "machine", lambda: machine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an expected fallback: silent
+        assert not native.available(SPEC)
+    assert fresh() == []  # the compiler never ran, not even --version
