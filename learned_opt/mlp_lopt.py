@@ -86,10 +86,12 @@ class MLPLOpt:
     fraction_offsets: with offsets, the learned schedule above reads tanh(10 (t/T - x)) for each
         x, and `update` needs `num_steps`; empty (the default) has no schedule and ignores it.
     schedule_hidden: hidden units of the schedule's MLP.
-    schedule_decay: with the schedule, also a learned polynomial decay to the end: the log step
-        gains p * log((T - t) / T) with p = max(theta["schedule_decay"], 0), 0 at init. The
-        schedule MLP is bounded (its tanh features saturate) and cannot reach zero at the end;
-        tuned schedules decay to near zero and win on long runs.
+    schedule_decay: None (the default) for none, or the initial power p0 of a learned polynomial
+        decay to the end that comes with the schedule: the log step gains
+        p * log((T - t) / T), p = max(theta["schedule_decay"], 0) starting at p0 (1.0: linear
+        decay to zero). The schedule MLP is bounded (its tanh features saturate) and cannot
+        reach zero at the end; tuned schedules decay to near zero and win on long runs. Start
+        p0 away from 0: at 0 half of a perturbation is clamped and the meta-gradient fades.
     normalizer_samples: a tensor's feature normalizers (RMS over the tensor) are estimated on a
         strided grid of at most this many of its elements, exact where the grid is not
         representative (learned_opt.normalizers); 0 uses every element. Tensors up to this
@@ -117,7 +119,7 @@ class MLPLOpt:
     normalize_adam_features: bool = True
     fraction_offsets: tuple[float, ...] = ()
     schedule_hidden: int = 8
-    schedule_decay: bool = False
+    schedule_decay: float | None = None
 
     def __post_init__(self):
         # Accept lists (from JSON / YAML) but store tuples so the dataclass stays hashable.
@@ -168,15 +170,20 @@ class MLPLOpt:
                 f"MLPLOpt.normalize_adam_features={self.normalize_adam_features!r}: expected True "
                 "or False (in YAML: true / false)."
             )
-        if not isinstance(self.schedule_decay, bool):
-            raise TypeError(
-                f"MLPLOpt.schedule_decay={self.schedule_decay!r}: expected True or False (in YAML: true / false)."
-            )
-        if self.schedule_decay and not self.fraction_offsets:
-            raise ValueError(
-                "MLPLOpt(schedule_decay=True) scales the learned schedule toward the end of training: "
-                "give it fraction_offsets too, e.g. [0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1]."
-            )
+        if self.schedule_decay is not None:
+            if isinstance(self.schedule_decay, bool) or not isinstance(self.schedule_decay, (int, float)) or not (
+                0 <= self.schedule_decay < math.inf
+            ):
+                raise TypeError(
+                    f"MLPLOpt.schedule_decay={self.schedule_decay!r}: expected None or the initial decay "
+                    "power, a number >= 0 (1.0: linear decay to zero at the end)."
+                )
+            if not self.fraction_offsets:
+                raise ValueError(
+                    f"MLPLOpt(schedule_decay={self.schedule_decay}) decays the learned schedule toward "
+                    "the end of training: give it fraction_offsets too, e.g. "
+                    "[0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1]."
+                )
         if not isinstance(self.schedule_hidden, int) or self.schedule_hidden < 1:
             raise ValueError(f"MLPLOpt.schedule_hidden={self.schedule_hidden!r}: expected a positive int.")
         if not isinstance(self.base_fan_in, int) or self.base_fan_in < 1:
@@ -263,9 +270,9 @@ class MLPLOpt:
         theta = {"mlp": layers, "skip": skip_F, "log_step": jnp.zeros((), jnp.float32)}
         if self.num_schedule_features:
             theta["schedule"] = self.init_schedule(keys[-1])
-        if self.schedule_decay:
-            # The power of a polynomial decay to the end, (remaining fraction)^power: 0 (off) at init.
-            theta["schedule_decay"] = jnp.zeros((), jnp.float32)
+        if self.schedule_decay is not None:
+            # The power of a polynomial decay to the end, (remaining fraction)^power.
+            theta["schedule_decay"] = jnp.asarray(self.schedule_decay, jnp.float32)
         return theta
 
     def init_schedule(self, key: jax.Array) -> dict:
@@ -368,7 +375,7 @@ class MLPLOpt:
         sched = theta["schedule"]
         h = jnp.tanh(jnp.concatenate(feats) @ sched["w"] + sched["b"])
         log_mult = h @ sched["w_out"] + sched["b_out"]
-        if self.schedule_decay:
+        if self.schedule_decay is not None:
             log_mult = log_mult + jnp.maximum(theta["schedule_decay"], 0.0) * feat_lib.log_remaining_fraction(
                 count, num_steps
             )

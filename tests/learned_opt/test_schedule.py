@@ -75,9 +75,9 @@ def test_step_size_follows_the_schedule_over_the_fraction_of_training(impl):
 def test_learned_decay_follows_the_remaining_fraction_to_the_end():
     """schedule_decay's power p scales the step by ((T - t) / T)^p, the same for any T; p <= 0
     is off (a decay that cannot turn into growth at the end); it needs the fraction schedule."""
-    arch = dataclasses.replace(ARCH, schedule_decay=True)
+    arch = dataclasses.replace(ARCH, schedule_decay=1.0)
     theta = arch.init_theta(jax.random.key(0))
-    assert float(theta["schedule_decay"]) == 0.0
+    assert float(theta["schedule_decay"]) == 1.0
 
     def sizes(power, num_steps, steps):
         tx = learned_opt.to_optax(arch, {**theta, "schedule_decay": jnp.float32(power)}, num_steps=num_steps)
@@ -92,4 +92,6 @@ def test_learned_decay_follows_the_remaining_fraction_to_the_end():
     remaining = np.maximum(40 - np.arange(45), 1) / 40
     np.testing.assert_allclose(sizes(2.0, 40, 45) / base, remaining**2, rtol=2e-3)
     with pytest.raises(ValueError, match="give it fraction_offsets too"):
-        dataclasses.replace(learned_opt.ARCHITECTURES["mlp_small"], schedule_decay=True)
+        dataclasses.replace(learned_opt.ARCHITECTURES["mlp_small"], schedule_decay=1.0)
+    with pytest.raises(TypeError, match="schedule_decay=True: expected None or the initial decay power"):
+        dataclasses.replace(ARCH, schedule_decay=True)
