@@ -11,8 +11,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import jax
-
 from meta_train import families, recipe
 from meta_train.checkpoint import Checkpointer
 from meta_train.config import load_config, to_dict
@@ -45,9 +43,7 @@ def export_checkpoint(workdir: str, *, step: int | None = None, out: str | None 
             step = max(steps)
         if step not in steps:
             raise ValueError(f"no checkpoint at step {step} in {ckpt_dir!r}; it holds steps {steps}.")
-        # Shapes only: the warm start's init_theta file need not exist any more (warm_start
-        # keeps shapes, so the architecture's own init is the template).
-        template = arch.init_theta(jax.random.fold_in(recipe.base_key(config), 1))
+        template = recipe.theta_template(config, arch)
         theta = ckpt.restore_part(step, "learner/theta", template)
     finally:
         ckpt.close()

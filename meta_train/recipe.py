@@ -49,10 +49,20 @@ def make_components(config: MetaTrainConfig, arch: Any = None) -> Components:
     return Components(arch, family, estimator)
 
 
-def initial_theta(config: MetaTrainConfig, arch: Any) -> Any:
-    """`arch.init_theta`, with `optimizer.init_theta`'s arrays in place of its own where given."""
+def theta_template(config: MetaTrainConfig, arch: Any) -> Any:
+    """`arch.init_theta` alone: theta's structure and shapes, which a warm start keeps.
+
+    Workers, resumes and exports need only this; reading `optimizer.init_theta` there would tie
+    a run to a file that may not exist on another machine or any more.
+    """
     theta = arch.init_theta(jax.random.fold_in(base_key(config), 1))
     robust.check_trainable(theta, config.optimizer.trainable)
+    return theta
+
+
+def initial_theta(config: MetaTrainConfig, arch: Any) -> Any:
+    """`arch.init_theta`, with `optimizer.init_theta`'s arrays in place of its own where given."""
+    theta = theta_template(config, arch)
     if config.optimizer.init_theta is None:
         return theta
     return warm_start(theta, arch, config.optimizer.init_theta)
@@ -97,7 +107,7 @@ def make_worker(config: MetaTrainConfig, parts: Components, index: int, task_poo
     """Worker `index` with fresh unroll states, identical wherever it is built."""
     if task_pool is None:
         task_pool = make_task_pool(config, parts, index)
-    theta = initial_theta(config, parts.arch)
+    theta = theta_template(config, parts.arch)  # replaced by the learner's theta each step
     key = jax.random.fold_in(jax.random.fold_in(base_key(config), 2), index)
     return LocalWorker(parts.estimator, task_pool, theta, key)
 

@@ -82,14 +82,17 @@ class RunResult:
     eval_summary: dict[str, Any] | None
 
 
-def build_run(config: MetaTrainConfig, *, arch: Any = None, pool: WorkerPool | None = None) -> Run:
+def build_run(config: MetaTrainConfig, *, arch: Any = None, pool: WorkerPool | None = None,
+              warm_start: bool = True) -> Run:
     """Deterministic in config.run.seed. `arch` overrides config.optimizer (tests, notebooks).
 
     pool: where the workers run; default in-process (`LocalPool`), one worker per share of the
     population (`num_workers(config)`), each with its own task pool (`meta_train.recipe`).
+    warm_start: read `optimizer.init_theta`; a resume, whose theta comes from the checkpoint,
+    passes False so that the file need not exist any more.
     """
     parts = recipe.make_components(config, arch)
-    theta = recipe.initial_theta(config, parts.arch)
+    theta = (recipe.initial_theta if warm_start else recipe.theta_template)(config, parts.arch)
     tx = learner_lib.make_outer_optimizer(config.outer, config.run.num_steps, config.optimizer.trainable)
     pools: list[Any] = []
     if pool is None:
@@ -194,7 +197,7 @@ def meta_train(
         changes = _recipe_changes(workdir, config, tuple(allow_change)) if resume else []
         if owned_pool:
             pool, started_ray = _ray_pool(config, ray_address, arch)
-        run = build_run(config, arch=arch, pool=pool)
+        run = build_run(config, arch=arch, pool=pool, warm_start=not resume)
         LOG.info("meta-training %s: %d workers (%s, %s mode), step %d of %d", workdir,
                  run.pool.num_workers, type(run.pool).__name__, config.distributed.mode,
                  int(run.learner.step), config.run.num_steps)
@@ -362,11 +365,21 @@ def _train(run: Run, ckpt: Checkpointer, workdir: str, *, resume: bool, changes:
     if config.eval.enabled:
         from meta_train import quick_eval
 
-        initial_theta = recipe.initial_theta(config, run.arch)
+        initial_theta = _start_theta(config, run.arch)
         eval_summary = quick_eval.evaluate_and_report(
             run.arch, run.learner.theta, run.family, config.eval, workdir, initial_theta
         )
     return RunResult(run.arch, run.learner.theta, step, host, workdir, export_path, eval_summary)
+
+
+def _start_theta(config: MetaTrainConfig, arch: Any) -> Any:
+    """The theta the run started from, for the before/after evaluation; None when its warm-start
+    file is gone (a resume elsewhere): the comparison is skipped, not the run's result."""
+    init = config.optimizer.init_theta
+    if init is not None and not os.path.exists(init):
+        LOG.warning("optimizer.init_theta=%s is gone: the evaluation skips the untrained start", init)
+        return None
+    return recipe.initial_theta(config, arch)
 
 
 def _export(run: Run, workdir: str, last_metrics: dict[str, float]) -> str | None:

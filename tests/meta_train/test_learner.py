@@ -99,6 +99,10 @@ def test_cli_smoke_with_mlp_lopt_exports_loadable_theta(tmp_path, capsys):
     assert "holds steps [2, 3]" in capsys.readouterr().err
     assert cli.main(["export", str(tmp_path)]) == 2
     assert "not a meta-training workdir" in capsys.readouterr().err
+    # Resuming (here: extending) needs the checkpoint, not the gone warm-start file.
+    assert cli.main(["meta-train", SMOKE, "--workdir", workdir, "--resume", "run.num_steps=4",
+                     "--init-theta", str(start), "run.checkpoint_every=2", "run.progress=false"]) == 0
+    assert learned_opt.load_theta(os.path.join(workdir, "theta.safetensors"))[2]["meta_train_step"] == 4
 
 
 @pytest.mark.parametrize("name", ["smoke.yaml", "quickstart.yaml", "pretrain_small.yaml", "pretrain_schedule.yaml",
