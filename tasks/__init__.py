@@ -1,8 +1,12 @@
 """Inner problems for learned optimizers: models, offline TFDS datasets, task families, suites.
 
 Importing this package loads no data; datasets are read (and local ones built) when a task is
-built. Public names are re-exported here.
+built. Public names are re-exported here. Needs the `meta` extra: pip install 'learned-opt[meta]'.
 """
+
+from learned_opt._extras import require_meta
+
+require_meta("tasks")
 
 from tasks.base import Task, TaskFamily, TaskInfo, held_out_loss
 from tasks.classification import ClassificationTask, make_classification_task
