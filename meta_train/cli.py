@@ -57,8 +57,38 @@ def _run_meta_train(args) -> int:
     config = load_config(args.config, overrides)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     allow = [k.strip() for arg in args.allow_change for k in arg.split(",") if k.strip()]
-    result = meta_train(config, workdir, resume=args.resume, ray_address=args.ray, allow_change=allow)
+    try:
+        _check_data(config)
+        result = meta_train(config, workdir, resume=args.resume, ray_address=args.ray, allow_change=allow)
+    except KeyboardInterrupt:
+        print(_interrupted(args, workdir), file=sys.stderr)
+        return 130
     return _print_summary(result, config)
+
+
+def _check_data(config) -> None:
+    """The recipe's datasets, prepared and readable, before anything compiles (one-line errors:
+    an unwritable data dir, a damaged cache)."""
+    from meta_train.families import make_family
+    from tasks.data.loading import check_dataset
+
+    family = make_family(config.tasks.family, config.tasks.kwargs)
+    for name in dict.fromkeys(getattr(family, "datasets", ())):
+        check_dataset(name, getattr(family, "data_dir", None))
+
+
+def _interrupted(args, workdir: str) -> str:
+    """One line for Ctrl-C: the run saved its exit checkpoint; say where and how to resume."""
+    import os
+
+    root = os.path.join(workdir, "checkpoints")
+    steps = sorted(int(d) for d in (os.listdir(root) if os.path.isdir(root) else []) if d.isdigit())
+    if not steps:
+        return (f"lopt: interrupted before the first checkpoint; nothing saved in {workdir!r}, "
+                "so rerun the same command without --resume.")
+    return (f"lopt: interrupted at step {steps[-1]}; checkpoint saved at "
+            f"{os.path.join(root, str(steps[-1]))}; resume with --resume (the same command and "
+            f"--workdir {workdir})")
 
 
 def _print_summary(result, config) -> int:
@@ -137,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from meta_train.config import ConfigError
+    from meta_train.config import ClusterError, ConfigError
     from meta_train.train import WorkdirError
+    from tasks.data.paths import CorruptDatasetError, DataDirError, DatasetNotPreparedError
 
     parser = build_parser()
     # Overrides may come after flags (`--resume a.b=1`), which argparse alone does not allow.
@@ -149,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
-    except (ConfigError, WorkdirError) as err:
+    except (ConfigError, WorkdirError, ClusterError, DataDirError, CorruptDatasetError,
+            DatasetNotPreparedError) as err:
         print(f"lopt: error: {err}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any, Mapping, Optional, Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from meta_train.learner import OuterConfig
@@ -121,6 +121,9 @@ class DistributedConfig:
         starts), so workers sharing a host do not oversubscribe it; 0 leaves them unset.
     max_restarts: times Ray restarts a dead actor (-1: forever); a restarted actor rebuilds its
         states from the recipe (fresh unrolls), and its in-flight result is dropped and counted.
+    resource_wait_s: seconds to wait, on a cluster this process joined, for nodes that can hold
+        every worker (an autoscaler may be adding them) before failing with the resources asked
+        and found; a cluster this process started (--ray local) never grows, so it fails at once.
     resources_per_worker: custom Ray resources per actor, e.g. {TPU: 4} for one worker per
         TPU VM host (JAX on a TPU host wants one process owning all its chips).
     env_vars: extra environment variables for every actor (e.g. JAX_COMPILATION_CACHE_DIR, so
@@ -134,6 +137,7 @@ class DistributedConfig:
     num_gpus_per_worker: float = 0.0
     threads_per_worker: int = 1
     max_restarts: int = 3
+    resource_wait_s: float = 60.0
     resources_per_worker: dict[str, float] = dataclasses.field(default_factory=dict)
     env_vars: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -158,6 +162,8 @@ class DistributedConfig:
             )
         if self.max_restarts < -1:
             raise ValueError(f"distributed.max_restarts={self.max_restarts}; expected >= -1 (-1: forever).")
+        if not self.resource_wait_s >= 0:
+            raise ValueError(f"distributed.resource_wait_s={self.resource_wait_s}; expected >= 0 (seconds).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,10 +182,42 @@ class ConfigError(ValueError):
     """A recipe that does not fit the schema; the message names the key path and the fix."""
 
 
+class ClusterError(ValueError):
+    """The Ray cluster cannot be reached, or cannot hold the recipe's workers (`distributed`)."""
+
+
 def _schema():
     schema = OmegaConf.structured(MetaTrainConfig)
     OmegaConf.set_readonly(schema, False)  # frozen dataclass -> read-only node; we merge into it
     return schema
+
+
+def describe_yaml_error(path: str, err: Exception) -> str:
+    """One line for a YAML parse error: the file, the line and column, and the parser's message."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+    problem = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        problem += f" ({context} from line {context_mark.line + 1})"
+    elif context:
+        problem += f" ({context})"
+    return f"{where}: invalid YAML: {problem}; fix the YAML there."
+
+
+def _load_yaml(path: str):
+    import yaml
+
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise ConfigError(describe_yaml_error(path, err)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"recipe {path!r} cannot be read ({err}); pass a UTF-8 YAML file.") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"recipe {path!r} holds a list, expected a mapping of groups (run:, "
+                          "tasks:, ...); see configs/smoke.yaml.")
+    return loaded
 
 
 def _explain(err: Exception, source: str) -> ConfigError:
@@ -233,12 +271,14 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     source = path
     try:
         if path is not None:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, _load_yaml(path))
         source = "command-line override"
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         source = path or "config"
         config = OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
     except (oc_errors.ConfigKeyError, oc_errors.ValidationError) as err:
         raise _explain(err, source) from None
     except (ValueError, TypeError) as err:  # a dataclass __post_init__ rejected a value

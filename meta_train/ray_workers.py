@@ -17,6 +17,8 @@
   `resources_per_worker` (e.g. TPU); XLA and
   OpenMP intra-op threads are capped through the actor's `runtime_env` (set before jax starts).
 * States for checkpoints are fetched from the actors (`get_states`) and pushed back on resume.
+* Before any actor is created the cluster is checked to hold all of them (`check_resources`),
+  and a cluster address is probed (`connect`): both fail with one ClusterError line, not a hang.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ import jax
 import numpy as np
 import ray
 
-from meta_train.config import DistributedConfig, MetaTrainConfig, num_workers
+from meta_train.config import ClusterError, DistributedConfig, MetaTrainConfig, num_workers
 from meta_train.recipe import initial_theta, make_components, make_worker
 from meta_train.worker_pool import FAILED, LOST, OK, Outcome
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its tracebacks; the log file wants text
+
+
+PROBE_TIMEOUT_S = 5.0  # a reachable head answers a TCP connect at once; Ray itself retries for minutes
 
 
 def connect(address: str) -> bool:
@@ -41,14 +46,101 @@ def connect(address: str) -> bool:
 
     address: "local" starts a private single-node cluster on this machine; "auto" joins the
     cluster this host belongs to (`ray start` / `ray up` / inside `ray job submit`); anything
-    else is a cluster address such as "10.0.0.1:6379" or "ray://head:10001".
+    else is a cluster address such as "10.0.0.1:6379" or "ray://head:10001", which is first
+    probed with one TCP connect (`PROBE_TIMEOUT_S`). Failures raise ClusterError (one line).
     """
     if ray.is_initialized():
         return False
     if not address:
-        raise ValueError("--ray needs 'auto', 'local' or a cluster address such as 10.0.0.1:6379.")
-    ray.init(address=address)
+        raise ClusterError("--ray ''; expected 'auto', 'local' or a cluster address such as 10.0.0.1:6379.")
+    if address not in ("auto", "local"):
+        probe(address)
+    try:
+        ray.init(address=address)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ClusterError(
+            f"--ray {address!r}: cannot join the Ray cluster ({reason}); check the address with "
+            "`ray status` on the head node, or use --ray local for a cluster on this machine."
+        ) from None
     return True
+
+
+def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """ClusterError unless `address` (HOST:PORT or ray://HOST:PORT) accepts a TCP connection."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise ClusterError(f"--ray {address!r}; expected 'auto', 'local' or HOST:PORT such as "
+                           "10.0.0.1:6379 or ray://head:10001.")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except socket.gaierror as err:
+        raise ClusterError(f"--ray {address!r}: unknown host {host!r} ({err.strerror}); give the "
+                           "head node's name or IP, or use --ray local.") from None
+    except OSError as err:  # refused, unreachable, timed out
+        reason = f"no answer within {timeout_s:g} s" if isinstance(err, TimeoutError) else err.strerror
+        raise ClusterError(f"--ray {address!r}: cannot reach {host}:{port} ({reason}); is Ray running "
+                           "there (`ray start --head`) and the port open? Or use --ray local.") from None
+
+
+def worker_request(cfg: DistributedConfig) -> dict[str, float]:
+    """The Ray resources one worker actor reserves (zero amounts left out)."""
+    request = {"CPU": cfg.num_cpus_per_worker, "GPU": cfg.num_gpus_per_worker, **cfg.resources_per_worker}
+    return {k: float(v) for k, v in request.items() if v > 0}
+
+
+def placeable(nodes: list[dict[str, float]], request: dict[str, float]) -> int:
+    """How many actors asking `request` the nodes (each a dict of total resources) can hold at once."""
+    if not request:
+        return 2**31
+    return sum(min(int(node.get(k, 0.0) / v + 1e-9) for k, v in request.items()) for node in nodes)
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def _started_here() -> bool:
+    """True when this process started the cluster (--ray local): its nodes never change."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(getattr(node, "head", False))
+
+
+def check_resources(config: MetaTrainConfig, *, wait_s: float | None = None) -> None:
+    """ClusterError unless the cluster's nodes can hold all `num_workers` actors at once.
+
+    Ray would otherwise leave the actors pending forever with nothing in the log. A cluster this
+    process joined may be growing (an autoscaler adding nodes), so it is polled for up to
+    `distributed.resource_wait_s`; one this process started is checked once.
+    """
+    import time
+
+    cfg = config.distributed
+    request, wanted = worker_request(cfg), num_workers(config)
+    wait_s = (0.0 if _started_here() else cfg.resource_wait_s) if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    while True:
+        nodes = _alive_nodes()
+        fits = placeable(nodes, request)
+        if fits >= wanted:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(2.0, max(deadline - time.monotonic(), 0.0)))
+    largest = max(nodes, key=lambda n: n.get("CPU", 0.0), default={})
+    shown = {k: largest.get(k, 0.0) for k in sorted({"CPU", "GPU", *request})}
+    waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+    asked = f"num_cpus_per_worker={cfg.num_cpus_per_worker:g}, num_gpus_per_worker={cfg.num_gpus_per_worker:g}"
+    if cfg.resources_per_worker:
+        asked += f", resources_per_worker={dict(cfg.resources_per_worker)}"
+    raise ClusterError(
+        f"distributed: {wanted} worker(s) with {asked} do not fit the Ray cluster: room for "
+        f"{fits} ({len(nodes)} node(s), the largest with {shown}){waited}; lower distributed."
+        "num_workers or the per-worker resources, or add nodes."
+    )
 
 
 def actor_env(cfg: DistributedConfig) -> dict[str, str]:
@@ -102,6 +194,7 @@ class RayPool:
             raise RuntimeError("RayPool needs a Ray cluster: call ray_workers.connect(...) or ray.init() first.")
         cfg = config.distributed
         self.num_workers = num_workers(config)
+        check_resources(config)
         actor_cls = ray.remote(WorkerActor).options(
             num_cpus=cfg.num_cpus_per_worker,
             num_gpus=cfg.num_gpus_per_worker,

@@ -93,6 +93,17 @@ def _check_writable(out: str) -> None:
         raise ValueError(f"--out {out!r} is not a writable directory ({err.strerror}); choose another.") from None
 
 
+def _check_data(suite, data_dir) -> None:
+    """The datasets of the suite's runnable tasks, built if local and missing, and readable:
+    an unwritable data dir or a damaged cache fails here in one line, before any compute."""
+    from meta_train.evaluation.suites import is_available
+    from tasks.data.loading import check_dataset
+
+    names = [getattr(e.spec, "dataset", None) for e in suite.entries if is_available(e, data_dir)]
+    for name in dict.fromkeys(n for n in names if n is not None):
+        check_dataset(name, data_dir)
+
+
 def _read_previous(path):
     if path is None:
         return None
@@ -114,6 +125,7 @@ def run_evaluate(args) -> int:
     from meta_train.evaluation.report import write_report
     from meta_train.evaluation.specs import OptimizerSpecError, parse_lr_grid, parse_optimizer
     from meta_train.evaluation.suites import SuiteError, resolve_suite
+    from tasks.data.paths import CorruptDatasetError, DataDirError
 
     try:
         if args.seeds < 1 or (args.max_steps is not None and args.max_steps < 1):
@@ -124,6 +136,7 @@ def run_evaluate(args) -> int:
         suite = resolve_suite(args.suite)
         previous = _read_previous(args.reuse_baselines)
         _check_writable(args.out)
+        _check_data(suite, args.data_dir)
     except (OptimizerSpecError, SuiteError, ValueError) as err:
         print(f"lopt: error: {err}", file=sys.stderr)
         return 2
@@ -135,8 +148,12 @@ def run_evaluate(args) -> int:
     console = Console(stderr=True)
     total = len(suite.entries) * sum(len(s.learning_rates) for s in specs)
     bar, advance = _progress_bar(console, total)
-    with bar:
-        results = evaluate_suite(suite, specs, config, progress=advance, previous=previous)
+    try:
+        with bar:
+            results = evaluate_suite(suite, specs, config, progress=advance, previous=previous)
+    except (CorruptDatasetError, DataDirError) as err:  # found only mid-run (e.g. a bad last chunk)
+        print(f"lopt: error: {err}", file=sys.stderr)
+        return 2
     paths = write_report(results, args.out)
     _print_summary(console, results, paths)
     if results["skipped_tasks"]:

@@ -99,13 +99,38 @@ def _take(fields: dict, required: tuple[str, ...], optional: dict[str, Any], whe
     return {**optional, **fields}
 
 
+def _positive_int(f: dict, key: str, where: str) -> int:
+    """`f[key]` as an int >= 1 (horizons, sizes), or a SuiteError naming the key and value."""
+    value = f[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SuiteError(f"{where}: {key}={value!r}; expected an integer >= 1.")
+    try:
+        number = int(value)
+    except ValueError:
+        raise SuiteError(f"{where}: {key}={value!r}; expected an integer >= 1.") from None
+    if number != float(value) or number < 1:
+        raise SuiteError(f"{where}: {key}={value!r}; expected an integer >= 1.")
+    return number
+
+
+def _dataset(f: dict, kind: str, where: str) -> str:
+    from tasks.data.catalog import DATASETS
+
+    wanted = "text" if kind == "transformer" else "classification"
+    valid = sorted(name for name, spec in DATASETS.items() if spec.kind == wanted)
+    if f["dataset"] not in valid:
+        raise SuiteError(f"{where}: unknown dataset {f['dataset']!r} for kind {kind!r}; valid: "
+                         f"{valid} (tasks/data/catalog.py).")
+    return f["dataset"]
+
+
 def _builtin(f: dict, where: str) -> SuiteEntry:
     f = _take(f, ("entry",), {"horizon": None, "batch_size": None, "name": None}, where)
     entries = _builtin_entries()
     if f["entry"] not in entries:
         raise SuiteError(f"{where}: unknown built-in entry {f['entry']!r}; valid: {sorted(entries)}.")
     entry = entries[f["entry"]]
-    changes = {k: int(f[k]) for k in ("horizon", "batch_size") if f[k] is not None}
+    changes = {k: _positive_int(f, k, where) for k in ("horizon", "batch_size") if f[k] is not None}
     if not changes:
         return dataclasses.replace(entry, name=f["name"] or entry.name)
     spec = dataclasses.replace(entry.spec, **changes)
@@ -121,21 +146,21 @@ def _model_entry(kind: str, f: dict, where: str) -> SuiteEntry:
     from tasks.specs import ClassificationSpec, LanguageModelSpec
 
     required = ("dataset", "width", "depth", "horizon")
+    optional = {"mlp": {"batch_size": 128, "activation": "relu", "parametrization": "mup"},
+                "cnn": {"batch_size": 128},
+                "transformer": {"batch_size": 32, "num_heads": 4, "max_len": 64}}[kind]
+    f = _take(f, required, {**optional, "name": None}, where)
+    sizes = [k for k in (*required, *optional) if k not in ("dataset", "activation", "parametrization")]
+    f = {**f, **{k: _positive_int(f, k, where) for k in sizes}, "dataset": _dataset(f, kind, where)}
     if kind == "mlp":
-        f = _take(f, required, {"batch_size": 128, "activation": "relu",
-                                "parametrization": "mup", "name": None}, where)
-        model = MLPConfig(int(f["width"]), int(f["depth"]), 10, f["activation"],
-                          f["parametrization"])
+        model = MLPConfig(f["width"], f["depth"], 10, f["activation"], f["parametrization"])
         ref = META_TRAIN_REFERENCE
         multipliers = Multipliers(model.width / ref["width"], model.depth / ref["depth"],
                                   _horizon_multiplier(int(f["horizon"])))
     elif kind == "cnn":
-        f = _take(f, required, {"batch_size": 128, "name": None}, where)
         model = CNNConfig(int(f["width"]), int(f["depth"]), 10)
         multipliers = Multipliers(None, None, _horizon_multiplier(int(f["horizon"])))
     else:
-        f = _take(f, required, {"batch_size": 32, "num_heads": 4, "max_len": 64, "name": None},
-                  where)
         model = TransformerConfig(int(f["width"]), int(f["depth"]), num_heads=int(f["num_heads"]),
                                   max_len=int(f["max_len"]))
     spec_cls = LanguageModelSpec if kind == "transformer" else ClassificationSpec
@@ -149,6 +174,10 @@ def _model_entry(kind: str, f: dict, where: str) -> SuiteEntry:
 def _quadratic(f: dict, where: str) -> SuiteEntry:
     f = _take(f, ("min_curvature", "max_curvature", "horizon"),
               {"dim": 16, "noise_std": 0.1, "init_scale": 1.0, "seed": 0, "name": None}, where)
+    f = {**f, "dim": _positive_int(f, "dim", where), "horizon": _positive_int(f, "horizon", where)}
+    if not 0 < float(f["min_curvature"]) <= float(f["max_curvature"]):
+        raise SuiteError(f"{where}: min_curvature={f['min_curvature']!r}, max_curvature="
+                         f"{f['max_curvature']!r}; expected 0 < min_curvature <= max_curvature.")
     spec = QuadraticSpec(int(f["dim"]), float(f["min_curvature"]), float(f["max_curvature"]),
                          int(f["horizon"]), float(f["noise_std"]), float(f["init_scale"]),
                          int(f["seed"]))
@@ -183,10 +212,14 @@ def load_suite_yaml(path: str | Path) -> Suite:
     import yaml
 
     path = Path(path)
+    from meta_train.config import describe_yaml_error
+
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise SuiteError(f"Cannot read suite file {str(path)!r}: {err}") from None
+    except yaml.YAMLError as err:
+        raise SuiteError(f"suite file {describe_yaml_error(str(path), err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SuiteError(f"Cannot read suite file {str(path)!r} ({err}); pass a UTF-8 YAML file.") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list) or not doc["tasks"]:
         raise SuiteError(f"Suite file {str(path)!r} must be a mapping with a non-empty list "
                          "'tasks' (see meta_train/evaluation/suites.py for the format).")

@@ -8,6 +8,7 @@ on the same dataset reads it once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import pathlib
@@ -15,8 +16,8 @@ import pathlib
 import numpy as np
 
 from tasks.data.catalog import DatasetSpec, get_spec
-from tasks.data.paths import (DatasetNotPreparedError, find_prepared_version,
-                              not_prepared_message, resolve_data_dir)
+from tasks.data.paths import (CorruptDatasetError, DatasetNotPreparedError, check_writable,
+                              find_prepared_version, not_prepared_message, resolve_data_dir)
 
 TEXT_SEPARATOR = b"\n\n"
 
@@ -41,7 +42,8 @@ def build_local(spec: DatasetSpec, data_dir: pathlib.Path) -> pathlib.Path:
 def prepare(name: str, data_dir=None) -> pathlib.Path:
     """The prepared version dir of dataset `name`; builds local datasets if missing.
 
-    Raises DatasetNotPreparedError (immediately, no download) for a missing real dataset.
+    Raises DatasetNotPreparedError (immediately, no download) for a missing real dataset, and
+    DataDirError before building when the data dir is not writable.
     """
     spec = get_spec(name)
     root = resolve_data_dir(data_dir)
@@ -50,7 +52,39 @@ def prepare(name: str, data_dir=None) -> pathlib.Path:
         return found
     if spec.builder is None:
         raise DatasetNotPreparedError(not_prepared_message(name, spec.tfds_name, root))
-    return build_local(spec, root)
+    return build_local(spec, check_writable(data_dir, name))
+
+
+def check_dataset(name: str, data_dir=None) -> pathlib.Path:
+    """`prepare(name)` and its first and last records read from each split: a missing, unbuildable or corrupt
+    dataset fails here, before any compute, instead of inside a run. The reads are cheap: a
+    reader opens a shard by its footer, which is what a truncated file lacks."""
+    version_dir = prepare(name, data_dir)
+    tfds = _quiet_tfds()
+    with _naming_shards(name, version_dir, "*"):
+        for split in tfds.builder_from_directory(str(version_dir)).info.splits:
+            source = _data_source(str(version_dir), split)
+            with _naming_shards(name, version_dir, split):
+                if len(source):
+                    source.__getitems__([0, len(source) - 1])
+    return version_dir
+
+
+@contextlib.contextmanager
+def _naming_shards(name: str, version_dir: pathlib.Path, split: str):
+    """Re-raises array_record/Riegeli read errors as CorruptDatasetError naming the files."""
+    try:
+        yield
+    except (RuntimeError, OSError) as err:
+        _data_source.cache_clear()  # its readers point at the damaged files; a rebuild needs new ones
+        shards = sorted(str(p) for p in version_dir.glob(f"*-{split}.array_record*"))
+        spec = get_spec(name)
+        fix = ("so it is rebuilt on next use" if spec.builder is not None else "and prepare it "
+               f"again (`tfds build {spec.tfds_name} --file_format=array_record`)")
+        raise CorruptDatasetError(
+            f"dataset {name!r}: cannot read its cached shard(s) {shards} ({str(err).splitlines()[0]}); "
+            f"the cache is damaged (e.g. a copy or build cut short): delete {str(version_dir.parent)!r} "
+            f"{fix}.") from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -63,9 +97,11 @@ def _data_source(version_dir: str, split: str):
 
 
 def _read_records(name: str, split: str, data_dir, max_examples: int | None) -> list[dict]:
-    source = _data_source(str(prepare(name, data_dir)), split)
-    n = len(source) if max_examples is None else min(len(source), max_examples)
-    return source.__getitems__(list(range(n)))
+    version_dir = prepare(name, data_dir)
+    with _naming_shards(name, version_dir, split):
+        source = _data_source(str(version_dir), split)
+        n = len(source) if max_examples is None else min(len(source), max_examples)
+        return source.__getitems__(list(range(n)))
 
 
 @functools.lru_cache(maxsize=32)

@@ -29,6 +29,41 @@ class DatasetNotPreparedError(FileNotFoundError):
     """A TFDS dataset is not in the data dir as array_record; raised at once, never retried."""
 
 
+class DataDirError(ValueError):
+    """The data dir cannot hold a dataset that must be built there (read-only, not a directory)."""
+
+
+class CorruptDatasetError(ValueError):
+    """A prepared dataset's shard cannot be read (truncated or damaged cache file)."""
+
+
+def describe_data_dir(data_dir: str | os.PathLike | None) -> str:
+    """Where a data dir came from, for error messages: the argument, the env var or the default."""
+    root = resolve_data_dir(data_dir)
+    if data_dir is not None:
+        return f"data dir {str(root)!r} (given as data_dir / --data-dir)"
+    if os.environ.get(DATA_DIR_ENV):
+        return f"data dir {str(root)!r} (from ${DATA_DIR_ENV})"
+    return f"data dir {str(root)!r} (the default; ${DATA_DIR_ENV} is unset)"
+
+
+def check_writable(data_dir: str | os.PathLike | None, name: str) -> pathlib.Path:
+    """The data dir, created if missing; DataDirError if dataset `name` could not be built in it."""
+    import tempfile
+
+    root = resolve_data_dir(data_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as err:
+        raise DataDirError(
+            f"{describe_data_dir(data_dir)} is not writable ({err.strerror}), and dataset {name!r} "
+            f"is not prepared there, so it cannot be built on first use; point ${DATA_DIR_ENV} "
+            "(or --data-dir) at a writable directory, or one where it is already prepared.") from None
+    return root
+
+
 def find_prepared_version(data_dir: pathlib.Path, tfds_name: str) -> pathlib.Path | None:
     """The newest `<data_dir>/<tfds_name>/<version>` dir with array_record shards, or None."""
     root = data_dir / tfds_name
