@@ -32,7 +32,7 @@ import numpy as np
 import ray
 
 from meta_train.config import ClusterError, DistributedConfig, MetaTrainConfig, num_workers
-from meta_train.recipe import initial_theta, make_components, make_worker
+from meta_train.recipe import make_components, make_worker, theta_template
 from meta_train.worker_pool import FAILED, LOST, OK, Outcome
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its tracebacks; the log file wants text
@@ -165,7 +165,7 @@ class WorkerActor:
         self.pid = os.getpid()
         parts = make_components(config, arch)
         self.worker = worker_factory(config, parts, index)
-        self.worker.warm_up(initial_theta(config, parts.arch), jax.random.PRNGKey(0))
+        self.worker.warm_up(theta_template(config, parts.arch), jax.random.PRNGKey(0))
 
     def compute(self, theta: Any, key: np.ndarray) -> tuple[Any, dict[str, Any], int]:
         grad, metrics = self.worker.compute(theta, key)

@@ -127,7 +127,14 @@ def _ray_pool(config: MetaTrainConfig, address: str, arch: Any) -> tuple[WorkerP
     from meta_train import ray_workers
 
     started = ray_workers.connect(address)
-    return ray_workers.RayPool(config, arch), started
+    try:
+        return ray_workers.RayPool(config, arch), started
+    except BaseException:
+        if started:  # a cluster this process started must not outlive a failed start
+            import ray
+
+            ray.shutdown()
+        raise
 
 
 def _progress(enabled: bool):
