@@ -6,6 +6,9 @@ estimate (L+ - L-) / (2 sigma^2) * xi credits the loss difference to *all* pertu
 shaped the current state, which makes the sum over an episode's truncations an unbiased estimate
 of the full-horizon meta-gradient (of the Gaussian-smoothed objective), unlike truncated
 backprop or truncated ES.
+
+The pairs, noise and scaling are `antithetic`'s, shared with ES; this file holds only the
+accumulator and its reset at a new episode.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from meta_train import population, robust
+from meta_train import antithetic, population
 from meta_train.unroll import UnrollConfig, UnrollState
 
 
@@ -37,31 +40,19 @@ class PES:
     num_branches = 2
 
     def init_states(self, theta: Any, pool: Any, key: jax.Array) -> PESState:
-        states = population.init_population(
-            self.arch, self.unroll, pool, key, self.num_pairs, self.num_branches
-        )
+        states = population.init_states(self, theta, pool, key)
         accum = jax.tree.map(lambda t: jnp.zeros((self.num_pairs,) + t.shape, t.dtype), theta)
         return PESState(unroll=states, accum=accum)
 
     def estimate(self, theta: Any, pool: Any, states: PESState, key: jax.Array):
         unroll, was_reset = population.reset_population(self.arch, self.unroll, pool, states.unroll)
-        eps = robust.zero_frozen(robust.tree_sample_normal(key, theta, (self.num_pairs,), self.sigma), self.trainable)
+        eps = antithetic.sample_noise(key, theta, self.num_pairs, self.sigma, self.trainable)
 
-        def add(a, e):
+        def add(a, e):  # a new episode forgets the noise of the one before
             kept = jnp.where(was_reset.reshape((-1,) + (1,) * (a.ndim - 1)), 0.0, a)
             return kept + e
 
         accum = jax.tree.map(add, states.accum, eps)
-        signs = jnp.array([1.0, -1.0])
-        thetas = jax.tree.map(
-            lambda t, e: t[None, None] + signs.reshape(1, 2, *(1,) * t.ndim) * e[:, None], theta, eps
-        )
-        unroll, out = population.run_population(
-            self.arch, self.unroll, pool, thetas, unroll, theta_per_branch=True
-        )
-        scale = (out.meta_loss[:, 0] - out.meta_loss[:, 1]) / (2 * self.sigma**2)
-        per_pair = jax.tree.map(lambda a: a * scale.reshape((-1,) + (1,) * (a.ndim - 1)), accum)
-        valid = ~out.diverged[:, 0]
-        grad, num_valid = robust.masked_mean(per_pair, valid)
-        metrics = population.truncation_metrics(out, was_reset, valid, num_valid, self.unroll)
+        unroll, out = antithetic.run_pairs(self.arch, self.unroll, pool, theta, eps, unroll)
+        grad, metrics = antithetic.gradient(accum, out, was_reset, self.sigma, self.unroll)
         return grad, PESState(unroll=unroll, accum=accum), metrics

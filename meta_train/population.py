@@ -12,7 +12,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from meta_train import unroll as unroll_lib
+from meta_train import robust, unroll as unroll_lib
 from meta_train.unroll import UnrollConfig, UnrollState
 
 
@@ -27,6 +27,17 @@ def init_population(
     keys = jax.random.split(key, num_pairs)
     members = jax.vmap(lambda k: unroll_lib.init_member(arch, cfg, pool, k))(keys)
     return broadcast_branches(members, num_branches)
+
+
+def init_states(estimator: Any, theta: Any, pool: Any, key: jax.Array) -> UnrollState:
+    """`init_states` of an estimator whose state is its population alone (ES, truncated backprop).
+
+    Takes theta only to fit the estimator interface: a fresh population does not depend on it.
+    """
+    del theta
+    return init_population(
+        estimator.arch, estimator.unroll, pool, key, estimator.num_pairs, estimator.num_branches
+    )
 
 
 def broadcast_branches(tree: Any, num_branches: int) -> Any:
@@ -99,15 +110,21 @@ def plain_truncation(arch: Any, cfg: UnrollConfig, pool: Any, theta: Any, states
     return states, out
 
 
+def valid_mean(per_pair: Any, out: unroll_lib.TruncationOutput, was_reset, cfg: UnrollConfig):
+    """(grad, metrics): the mean of per_pair[pairs, ...] over the pairs that did not diverge (and
+    stayed finite), and the truncation's metrics; the last step of every estimator."""
+    valid = ~out.diverged[:, 0]
+    grad, num_valid = robust.masked_mean(per_pair, valid)
+    return grad, truncation_metrics(out, was_reset, valid, num_valid, cfg)
+
+
 def truncation_metrics(out: unroll_lib.TruncationOutput, was_reset, valid, num_valid, cfg):
     """The flat metrics every estimator returns (means over valid pairs, counts over all)."""
-    from meta_train.robust import masked_scalar_mean
-
     valid_branches = jnp.broadcast_to(valid[:, None], out.meta_loss.shape)
     pairs, branches = out.meta_loss.shape
     return {
-        "meta_loss": masked_scalar_mean(out.meta_loss, valid_branches),
-        "inner_loss": masked_scalar_mean(out.raw_loss, valid_branches),
+        "meta_loss": robust.masked_scalar_mean(out.meta_loss, valid_branches),
+        "inner_loss": robust.masked_scalar_mean(out.raw_loss, valid_branches),
         "unroll/resets": jnp.sum(was_reset).astype(jnp.float32),
         "unroll/diverged": jnp.sum(out.diverged[:, 0]).astype(jnp.float32),
         "grad/dropped": (pairs - num_valid).astype(jnp.float32),

@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-from meta_train import population, robust, unroll as unroll_lib
+from meta_train import population, unroll as unroll_lib
 from meta_train.unroll import UnrollConfig, UnrollState
 
 
@@ -27,12 +27,7 @@ class TruncatedBackprop:
     trainable: tuple[str, ...] = ()  # frozen parts are masked by the learner (make_outer_optimizer)
 
     num_branches = 1
-
-    def init_states(self, theta: Any, pool: Any, key: jax.Array) -> UnrollState:
-        del theta
-        return population.init_population(
-            self.arch, self.unroll, pool, key, self.num_pairs, self.num_branches
-        )
+    init_states = population.init_states  # the population alone
 
     def estimate(self, theta: Any, pool: Any, states: UnrollState, key: jax.Array):
         del key  # deterministic given the states
@@ -48,7 +43,5 @@ class TruncatedBackprop:
         )
         states, out = population.mark_pair_divergence(states, out)
         per_member = jax.tree.map(lambda g: g[:, 0], grads)
-        valid = ~out.diverged[:, 0]
-        grad, num_valid = robust.masked_mean(per_member, valid)
-        metrics = population.truncation_metrics(out, was_reset, valid, num_valid, self.unroll)
+        grad, metrics = population.valid_mean(per_member, out, was_reset, self.unroll)
         return grad, states, metrics
