@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/plot_schedule.py A.safetensors [B.safetensors ...] --out schedule.png
 
 The curve is the multiplier exp(log_step + schedule(t / T)) of the per-parameter rule's step
-(step_mult, mu-P scaling and the rule's own output aside) against the fraction of training t / T;
-without loss features it does not depend on T. Prints the values at t / T = 0, 0.1, ..., 1.
+(step_mult, mu-P scaling and the rule's own output aside) against the fraction of training t / T,
+for a run of T = 1000 steps (the learned decay's last steps depend on T, nothing else does
+without loss features). Prints the values at t / T = 0, 0.1, ..., 0.9 and at the last step.
 """
 
 from __future__ import annotations
@@ -15,20 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 
 import learned_opt
-from learned_opt import features as feat_lib
 
 
 def multipliers(path: str, fractions: np.ndarray) -> np.ndarray:
     arch, theta, _ = learned_opt.load_theta(path)
     if not arch.fraction_offsets or arch.loss_features:
         raise SystemExit(f"{path}: needs an MLPLOpt with fraction_offsets and no loss features.")
-    sched = theta["schedule"]
-    out = []
-    for f in fractions:
-        feats = feat_lib.fraction_features(jnp.float32(f * 1e6), 1e6, arch.fraction_offsets)
-        h = jnp.tanh(feats @ sched["w"] + sched["b"])
-        out.append(float(jnp.exp(h @ sched["w_out"] + sched["b_out"] + theta["log_step"])))
-    return np.array(out)
+    num_steps = 1000
+    counts = np.round(fractions * (num_steps - 1)).astype(np.int32)
+    # The optimizer's own schedule (the one its update adds to log_step), not a re-derivation.
+    log_mult = [arch._schedule(theta, jnp.int32(t), num_steps, None) for t in counts]
+    return np.exp(np.asarray(log_mult) + float(theta["log_step"]))
 
 
 def main() -> None:
