@@ -24,10 +24,11 @@ def _random_theta(arch):
 
 def _run(arch, theta, params, steps=3):
     state = arch.init_state(params)
+    step = jax.jit(arch.update)  # one jit object: a new one per step would compile every step
     out = []
     for i in range(steps):
         grads = jax.tree.map(lambda p, i=i: jax.random.normal(jax.random.key(10 + i), p.shape, p.dtype), params)
-        updates, state = jax.jit(arch.update)(theta, grads, state, params, loss=jnp.float32(2.0 - 0.1 * i))
+        updates, state = step(theta, grads, state, params, loss=jnp.float32(2.0 - 0.1 * i))
         out.append(updates)
     return out, state
 
@@ -114,9 +115,9 @@ def test_normalizer_samples_validated():
 
 
 def _steps_with_grads(arch, theta, params, grads_list):
-    state = arch.init_state(params)
+    state, step = arch.init_state(params), jax.jit(arch.update)
     for grads in grads_list:
-        updates, state = jax.jit(arch.update)(theta, grads, state, params, loss=jnp.float32(1.0))
+        updates, state = step(theta, grads, state, params, loss=jnp.float32(1.0))
     return updates
 
 
