@@ -312,10 +312,11 @@ def to_yaml(config: MetaTrainConfig) -> str:
 
 # Keys (or groups) a resumed run may change without --allow-change: they decide how long the run
 # goes, what is logged, saved, shown or evaluated, and where workers run (resources, threads,
-# restarts), not theta's trajectory. A new run.num_steps does stretch the outer learning-rate
+# restarts), not theta's trajectory (a resume's theta comes from its checkpoint, so the warm-start
+# file does not count either). A new run.num_steps does stretch the outer learning-rate
 # schedule from the resumed step on.
 RESUME_FREE_KEYS = ("run.num_steps", "run.checkpoint_every", "run.log_every", "run.progress",
-                    "eval", "distributed")
+                    "eval", "distributed", "optimizer.init_theta")
 # ...except these, which decide which meta-gradients are computed and how they are combined.
 RESUME_PINNED_KEYS = ("distributed.num_workers", "distributed.mode", "distributed.max_staleness")
 

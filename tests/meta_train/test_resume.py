@@ -181,6 +181,9 @@ def test_config_changes_ignore_new_defaults_and_free_keys():
     assert [k for k, _, _ in refused_changes(changes, ())] == refused
     assert refused_changes(changes, ("tasks.kwargs", "estimator.sigma", "distributed")) == []
     assert "eval" in RESUME_FREE_KEYS and "run.seed" not in RESUME_FREE_KEYS
+    # A resume takes theta from the checkpoint: the warm-start file, given or not, is no change.
+    warm = toy_config(*BASE, "optimizer.init_theta=/elsewhere/theta.safetensors")
+    assert refused_changes(config_changes(to_dict(warm), config), ()) == []
 
 
 def test_export_names_the_missing_arrays_of_another_architecture(workdir):
