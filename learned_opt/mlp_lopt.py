@@ -10,6 +10,11 @@ schedule: a tiny MLP of the fraction of training t / T (VeLO's tanh features; T 
 `num_steps` the optimizer is built with) and, with `loss_features`, of the loss, whose output
 is added to log_step. It is once per step, not per parameter, and starts at 0 (the same step
 at every t), so meta-training can learn warm-up and decay-to-the-end for runs of any length.
+With `controller_hidden`, a per-tensor controller adds its own term to each tensor's log step:
+a tiny MLP, once per tensor per step, of where training is (t / T and log T) and of how
+consistent that tensor's gradients are (the RMS of m / sqrt(v) at each momentum decay: near 1
+while gradients agree, near sqrt((1 - beta) / (1 + beta)) once they are noise). A schedule of
+t / T alone sets one level for every task and tensor; tuned learning rates differ per task.
 
 Features (each divided by its RMS over the tensor, estimated on a strided grid of at most
 `normalizer_samples` elements; `feature_names()` lists them in order):
@@ -92,6 +97,10 @@ class MLPLOpt:
         decay to zero). The schedule MLP is bounded (its tanh features saturate) and cannot
         reach zero at the end; tuned schedules decay to near zero and win on long runs. Start
         p0 away from 0: at 0 half of a perturbation is clamped and the meta-gradient fades.
+    controller_hidden: 0 (the default) for none, or the hidden units of the per-tensor step
+        controller (module docstring; `controller_features()` lists its inputs). Its output
+        layer starts at 0: added to a trained theta, it changes nothing until meta-trained.
+        Needs fraction_offsets (it reads the fraction of training).
     normalizer_samples: a tensor's feature normalizers (RMS over the tensor) are estimated on a
         strided grid of at most this many of its elements, exact where the grid is not
         representative (learned_opt.normalizers); 0 uses every element. Tensors up to this
@@ -120,6 +129,7 @@ class MLPLOpt:
     fraction_offsets: tuple[float, ...] = ()
     schedule_hidden: int = 8
     schedule_decay: float | None = None
+    controller_hidden: int = 0
 
     def __post_init__(self):
         # Accept lists (from JSON / YAML) but store tuples so the dataclass stays hashable.
@@ -171,12 +181,15 @@ class MLPLOpt:
                 "or False (in YAML: true / false)."
             )
         if self.schedule_decay is not None:
-            if isinstance(self.schedule_decay, bool) or not isinstance(self.schedule_decay, (int, float)) or not (
-                0 <= self.schedule_decay < math.inf
-            ):
+            if isinstance(self.schedule_decay, bool) or not isinstance(self.schedule_decay, (int, float)):
                 raise TypeError(
                     f"MLPLOpt.schedule_decay={self.schedule_decay!r}: expected None or the initial decay "
                     "power, a number >= 0 (1.0: linear decay to zero at the end)."
+                )
+            if not 0 <= self.schedule_decay < math.inf:
+                raise ValueError(
+                    f"MLPLOpt.schedule_decay={self.schedule_decay!r}: expected a finite power >= 0 "
+                    "(1.0: linear decay to zero at the end; None for no decay)."
                 )
             if not self.fraction_offsets:
                 raise ValueError(
@@ -184,6 +197,16 @@ class MLPLOpt:
                     "the end of training: give it fraction_offsets too, e.g. "
                     "[0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1]."
                 )
+        if isinstance(self.controller_hidden, bool) or not isinstance(self.controller_hidden, int) or self.controller_hidden < 0:
+            raise ValueError(
+                f"MLPLOpt.controller_hidden={self.controller_hidden!r}: expected an int >= 0 (0: no "
+                "per-tensor controller)."
+            )
+        if self.controller_hidden and not self.fraction_offsets:
+            raise ValueError(
+                f"MLPLOpt(controller_hidden={self.controller_hidden}) reads the fraction of training: "
+                "give it fraction_offsets too, e.g. [0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1]."
+            )
         if not isinstance(self.schedule_hidden, int) or self.schedule_hidden < 1:
             raise ValueError(f"MLPLOpt.schedule_hidden={self.schedule_hidden!r}: expected a positive int.")
         if not isinstance(self.base_fan_in, int) or self.base_fan_in < 1:
@@ -221,6 +244,17 @@ class MLPLOpt:
         if not self.fraction_offsets:
             return 0
         return len(self.fraction_offsets) + (len(self.loss_decays) if self.loss_features else 0)
+
+    def controller_features(self) -> list[str]:
+        """Inputs of the per-tensor controller, in order (empty without one)."""
+        if not self.controller_hidden:
+            return []
+        return (
+            [f"frac{x:g}" for x in self.fraction_offsets]
+            + ["log_horizon"]
+            + [f"log_rms_m{d}*rsqrt_v" for d in self.momentum_decays]
+            + ["is_vector"]
+        )
 
     @property
     def num_global_features(self) -> int:
@@ -273,7 +307,20 @@ class MLPLOpt:
         if self.schedule_decay is not None:
             # The power of a polynomial decay to the end, (remaining fraction)^power.
             theta["schedule_decay"] = jnp.asarray(self.schedule_decay, jnp.float32)
+        if self.controller_hidden:
+            theta["controller"] = self.init_controller(keys[-1])
         return theta
+
+    def init_controller(self, key: jax.Array) -> dict:
+        """The per-tensor controller's weights; its output layer starts at 0 (no change)."""
+        n_in, hidden = len(self.controller_features()), self.controller_hidden
+        k = jax.random.fold_in(key, 0xC7A1)
+        return {
+            "w": jax.random.normal(k, (n_in, hidden), jnp.float32) / math.sqrt(n_in),
+            "b": jnp.zeros((hidden,), jnp.float32),
+            "w_out": jnp.zeros((hidden,), jnp.float32),
+            "b_out": jnp.zeros((), jnp.float32),
+        }
 
     def init_schedule(self, key: jax.Array) -> dict:
         """The schedule MLP's weights; its output layer starts at 0 (no change to log_step)."""
@@ -317,6 +364,7 @@ class MLPLOpt:
             )
         loss_ema_L, glob_G, loss_rel = self._global_features(state, loss)
         log_step = theta["log_step"] + self._schedule(theta, state.count, num_steps, loss_rel)
+        ctrl_glob = self._controller_globals(state.count, num_steps)
         # The global features add the same vector to every parameter's first hidden layer.
         first = theta["mlp"][0]
         n_t = self.num_tensor_features
@@ -330,7 +378,7 @@ class MLPLOpt:
         leaf_roles = mup.resolve_roles(params, roles)
         new_acc, updates = [], []
         for g, p, acc, role in zip(leaves_g, leaves_p, leaves_acc, leaf_roles):
-            u, a = self._update_leaf(theta, first_bias_H, log_step, g, p, acc, role)
+            u, a = self._update_leaf(theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role)
             updates.append(u)
             new_acc.append(a)
         new_state = MLPLOptState(
@@ -381,9 +429,33 @@ class MLPLOpt:
             )
         return log_mult
 
-    def _update_leaf(self, theta, first_bias_H, log_step, g, p, acc, role):
+    def _controller_globals(self, count, num_steps):
+        """The controller's inputs shared by every tensor: fraction features and log T (None
+        without a controller). log T is centred on 600 steps, halved: O(1) for 100-4000 steps."""
+        if not self.controller_hidden:
+            return None
+        frac_X = feat_lib.fraction_features(count, num_steps, self.fraction_offsets)
+        log_horizon = 0.5 * jnp.log(jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0) / 600.0)
+        return jnp.concatenate([frac_X, log_horizon[None]])
+
+    def _tensor_log_step(self, theta, ctrl_glob, ms_E, shape):
+        """The controller's term of one tensor's log step (0 without a controller).
+
+        ms_E holds the mean squares of the elementwise features, among them m_k / sqrt(v) for
+        each momentum decay (computed for the normalizers anyway: no extra pass over the tensor).
+        """
+        if ctrl_glob is None:
+            return 0.0
+        first, n_m = self._first_ratio_feature_index(), len(self.momentum_decays)
+        log_rms_M = 0.5 * jnp.log(ms_E[first : first + n_m] + 1e-12)
+        is_vector = jnp.full((1,), 1.0 if len(shape) <= 1 else 0.0, jnp.float32)
+        c = theta["controller"]
+        h = jnp.tanh(jnp.concatenate([ctrl_glob, log_rms_M, is_vector]) @ c["w"] + c["b"])
+        return h @ c["w_out"] + c["b_out"]
+
+    def _update_leaf(self, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role):
         if self.impl == "native" and p.dtype in (jnp.float32, jnp.bfloat16) and g.dtype in (jnp.float32, jnp.bfloat16):
-            return self._update_leaf_native(theta, first_bias_H, log_step, g, p, acc, role)
+            return self._update_leaf_native(theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role)
         shape = tuple(jnp.shape(p))
         rows, cols = matrix_shape(shape)
         g_RxC = jnp.clip(g.astype(jnp.float32), -feat_lib.GRAD_CLIP, feat_lib.GRAD_CLIP).reshape(rows, cols)
@@ -422,10 +494,11 @@ class MLPLOpt:
             feat_NxF = jnp.stack(feats.broadcast(), axis=-1).reshape(-1, self.num_tensor_features)
             direction, log_mag = self._mlp(theta, first_bias_H, feat_NxF * inv_T)
         scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
+        log_step = log_step + self._tensor_log_step(theta, ctrl_glob, ms_E, shape)
         step = direction * jnp.exp(self.exp_mult * log_mag + log_step) * (self.step_mult * scale)
         return step.reshape(shape).astype(p.dtype), acc
 
-    def _update_leaf_native(self, theta, first_bias_H, log_step, g, p, acc, role):
+    def _update_leaf_native(self, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role):
         """The same step with the per-element work in one native loop (learned_opt.native).
 
         Here only per-tensor, per-row and per-column quantities are computed: Adafactor's
@@ -477,6 +550,7 @@ class MLPLOpt:
         row_bias_OxR = w_TxO[n_e : n_e + n_a].T @ rows_KxR + bias_O[:, None]
         col_bias_OxC = w_TxO[n_e + n_a :].T @ cols_KxC
         scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
+        log_step = log_step + self._tensor_log_step(theta, ctrl_glob, ms_E, shape)
         out_scale = jnp.exp(log_step) * (self.step_mult * scale)
         v_cap = feat_lib.RSQRT_CAP * jax.lax.rsqrt(rms_mean + eps)
         upd_RxC, m_MxRxC, v_RxC = native.step(

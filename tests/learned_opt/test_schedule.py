@@ -95,3 +95,77 @@ def test_learned_decay_follows_the_remaining_fraction_to_the_end():
         dataclasses.replace(learned_opt.ARCHITECTURES["mlp_small"], schedule_decay=1.0)
     with pytest.raises(TypeError, match="schedule_decay=True: expected None or the initial decay power"):
         dataclasses.replace(ARCH, schedule_decay=True)
+
+
+CTRL = dataclasses.replace(ARCH, controller_hidden=4, accumulator_dtype="float32")  # exact statistics
+
+
+def _controller_theta(feature: str, scale: float = 1.0):
+    """A controller whose term is tanh(scale * feature): one hidden unit reads one input."""
+    theta = CTRL.init_theta(jax.random.key(0))
+    c = theta["controller"]
+    i = CTRL.controller_features().index(feature)
+    w = jnp.zeros_like(c["w"]).at[i, 0].set(scale)
+    return {**theta, "controller": dict(c, w=w, w_out=jnp.zeros_like(c["w_out"]).at[0].set(1.0))}
+
+
+def _update_sizes(arch, theta, grads_fn, steps, num_steps=100):
+    tx = learned_opt.to_optax(arch, theta, num_steps=num_steps)
+    step, state, out = jax.jit(tx.update), tx.init(PARAMS), []
+    for t in range(steps):
+        u, state = step(grads_fn(t), state, PARAMS)
+        out.append({k: float(jnp.sqrt(jnp.mean(v**2))) for k, v in u.items()})
+    return out
+
+
+def test_controller_starts_as_a_no_op():
+    """Its output layer starts at 0: a trained theta plus a fresh controller steps as before."""
+    theta, without = CTRL.init_theta(jax.random.key(0)), dataclasses.replace(CTRL, controller_hidden=0)
+    assert set(theta) - set(without.init_theta(jax.random.key(0))) == {"controller"}
+    no_ctrl = {k: v for k, v in theta.items() if k != "controller"}
+    a = _update_sizes(CTRL, theta, lambda t: PARAMS, 3)
+    b = _update_sizes(without, no_ctrl, lambda t: PARAMS, 3)
+    assert a == b
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "native"])
+def test_controller_reads_each_tensors_gradient_consistency(impl):
+    """With the term tanh(log RMS(m_0.99 / sqrt(v))), a constant gradient gives, at step t,
+    the ratio (1 - 0.99^t) / sqrt(1 - 0.999^t) (no bias correction) in every tensor, and a
+    gradient that flips sign every step (pure noise to a slow momentum) a far smaller one."""
+    arch = dataclasses.replace(CTRL, impl=impl)
+    theta = _controller_theta("log_rms_m0.99*rsqrt_v")
+    base = {k: v for k, v in theta.items()}
+    base["controller"] = dict(theta["controller"], w_out=jnp.zeros_like(theta["controller"]["w_out"]))
+    steps = 6
+    grads = {"w": PARAMS["w"], "b": jnp.linspace(0.5, 1.5, 5)}  # PARAMS' bias is 0: no gradient
+    const = lambda t: grads  # noqa: E731
+    ratio = [
+        {k: c[k] / b[k] for k in c}
+        for c, b in zip(_update_sizes(arch, theta, const, steps), _update_sizes(arch, base, const, steps))
+    ]
+    t = np.arange(1, steps + 1)
+    want = np.exp(np.tanh(np.log((1 - 0.99**t) / np.sqrt(1 - 0.999**t))))
+    for name in ("w", "b"):
+        np.testing.assert_allclose([r[name] for r in ratio], want, rtol=1e-3)
+    flip = lambda t: jax.tree.map(lambda x: x * (-1.0) ** t, grads)  # noqa: E731
+    flipped = [c["w"] / b["w"] for c, b in zip(_update_sizes(arch, theta, flip, steps), _update_sizes(arch, base, flip, steps))]
+    assert flipped[-1] < 0.8 * ratio[-1]["w"]
+
+
+def test_controller_reads_the_horizon():
+    """log T is an input: the same step of the same run gets a different size for another T."""
+    theta = _controller_theta("log_horizon", scale=1.0)
+    sizes = {n: _update_sizes(CTRL, theta, lambda t: PARAMS, 1, num_steps=n)[0]["w"] for n in (600, 6000)}
+    base = _update_sizes(CTRL, CTRL.init_theta(jax.random.key(0)), lambda t: PARAMS, 1, num_steps=600)[0]["w"]
+    np.testing.assert_allclose(sizes[600] / base, 1.0, rtol=1e-5)  # log(600 / 600) = 0
+    np.testing.assert_allclose(sizes[6000] / base, np.exp(np.tanh(0.5 * np.log(10.0))), rtol=1e-4)
+
+
+def test_controller_config_errors():
+    with pytest.raises(ValueError, match="controller_hidden=4\\) reads the fraction of training"):
+        dataclasses.replace(learned_opt.ARCHITECTURES["mlp_small"], controller_hidden=4)
+    with pytest.raises(ValueError, match="controller_hidden=-1: expected an int >= 0"):
+        dataclasses.replace(ARCH, controller_hidden=-1)
+    with pytest.raises(ValueError, match="schedule_decay=-1.0: expected a finite power >= 0"):
+        dataclasses.replace(ARCH, schedule_decay=-1.0)
