@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 import learned_opt
-from meta_train import population
+from meta_train import unroll as unroll_lib
 from meta_train.config import load_config
 from meta_train.train import build_run
 
@@ -45,7 +45,7 @@ class LearnedLRSGD:
 def steps_per_second(config, arch, calls: int) -> float:
     run = build_run(config, arch=arch)
     worker, pool, cfg = run.workers[0], run.pools[0], config.unroll
-    plain = jax.jit(functools.partial(population.plain_truncation, arch, cfg), donate_argnums=(2,))
+    plain = jax.jit(functools.partial(unroll_lib.plain_truncation, arch, cfg), donate_argnums=(2,))
     states = jax.tree.map(lambda x: x.copy(), worker.get_states().unroll)
     theta = run.learner.theta
     for _ in range(3):  # compile + warm up
@@ -55,7 +55,7 @@ def steps_per_second(config, arch, calls: int) -> float:
     for _ in range(calls):
         states, out = plain(pool, theta, states)
     jax.block_until_ready(out)
-    return population.num_inner_steps(states, cfg) * calls / (time.perf_counter() - start)
+    return unroll_lib.num_inner_steps(states, cfg) * calls / (time.perf_counter() - start)
 
 
 def main(argv=None):

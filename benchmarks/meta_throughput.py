@@ -20,7 +20,7 @@ import time
 
 import jax
 
-from meta_train import population
+from meta_train import unroll as unroll_lib
 from meta_train.config import load_config
 from meta_train.train import build_run
 
@@ -53,14 +53,14 @@ def main(argv=None) -> dict:
         grad, pes_states[0], metrics = pes_fn(theta, pool, pes_states[0], jax.random.PRNGKey(i))
         return grad
 
-    plain = jax.jit(functools.partial(population.plain_truncation, arch, cfg), donate_argnums=(2,))
+    plain = jax.jit(functools.partial(unroll_lib.plain_truncation, arch, cfg), donate_argnums=(2,))
     plain_states = [jax.tree.map(lambda x: x.copy(), pes_states[0].unroll)]
 
     def plain_call(i):
         plain_states[0], out = plain(pool, theta, plain_states[0])
         return out.meta_loss
 
-    steps_per_call = population.num_inner_steps(plain_states[0], cfg)
+    steps_per_call = unroll_lib.num_inner_steps(plain_states[0], cfg)
     _time(pes_call, 2), _time(plain_call, 2)  # compile + warm up
     pes_rates, plain_rates = [], []
     for _ in range(args.trials):

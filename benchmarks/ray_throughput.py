@@ -29,7 +29,7 @@ import ray
 
 from meta_train import metrics as metrics_lib
 from meta_train.config import load_config
-from meta_train.ray_workers import RayPool
+from meta_train.distribution.ray_workers import RayPool
 from meta_train.train import build_run, make_dispatcher
 
 

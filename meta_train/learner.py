@@ -25,7 +25,7 @@ COUNTED_EVENTS = (
     "grad/dropped",
     "outer/nonfinite_grad",
     "outer/clipped",
-    "dist/stale_dropped",  # async results older than max_staleness (meta_train.dispatch)
+    "dist/stale_dropped",  # async results older than max_staleness (distribution.dispatch)
     "dist/failed",  # worker calls that raised
     "dist/lost",  # worker calls whose process died (Ray restarts the worker)
 )

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from meta_train import pool as pool_lib
+from meta_train.unroll import sample_task_pool
 from meta_train.evaluation.harness import make_train_step
 
 
@@ -44,7 +44,7 @@ def compare_with_adamw(arch: Any, theta: Any, family: Any, cfg, initial_theta: A
     import learned_opt
 
     key = jax.random.PRNGKey(cfg.seed)
-    tasks = pool_lib.make_pool(family, jax.random.fold_in(key, 0), cfg.num_tasks)
+    tasks = sample_task_pool(family, jax.random.fold_in(key, 0), cfg.num_tasks)
     optimizers = {
         "learned": learned_opt.to_optax(arch, theta, num_steps=cfg.num_steps),
         f"adamw_lr{cfg.adamw_learning_rate:g}": optax.adamw(cfg.adamw_learning_rate),

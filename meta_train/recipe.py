@@ -17,10 +17,10 @@ from typing import Any
 import jax
 
 from meta_train import families, robust
-from meta_train import pool as pool_lib
 from meta_train.config import MetaTrainConfig
+from meta_train.distribution.dispatch import LocalWorker
 from meta_train.estimators import make_estimator
-from meta_train.worker import LocalWorker
+from meta_train.unroll import sample_task_pool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +100,7 @@ def warm_start(theta: Any, arch: Any, source: str) -> Any:
 def make_task_pool(config: MetaTrainConfig, parts: Components, index: int) -> Any:
     """Worker `index`'s own pool (its own task configuration for families with static choices)."""
     key = jax.random.fold_in(jax.random.fold_in(base_key(config), 0), index)
-    return pool_lib.make_pool(parts.family, key, config.tasks.pool_size)
+    return sample_task_pool(parts.family, key, config.tasks.pool_size)
 
 
 def make_worker(config: MetaTrainConfig, parts: Components, index: int, task_pool: Any = None) -> LocalWorker:
@@ -110,8 +110,3 @@ def make_worker(config: MetaTrainConfig, parts: Components, index: int, task_poo
     theta = theta_template(config, parts.arch)  # replaced by the learner's theta each step
     key = jax.random.fold_in(jax.random.fold_in(base_key(config), 2), index)
     return LocalWorker(parts.estimator, task_pool, theta, key)
-
-
-def worker_key(rng: jax.Array, version: int, index: int) -> jax.Array:
-    """The key worker `index` uses on theta version `version` (in-process and Ray alike)."""
-    return jax.random.fold_in(jax.random.fold_in(rng, version), index)

@@ -36,8 +36,7 @@ from meta_train.checkpoint import (
     CheckpointDamagedError, Checkpointer, CheckpointMismatchError, flatten as flatten_tree,
 )
 from meta_train.config import MetaTrainConfig, num_workers, to_dict, to_yaml
-from meta_train.dispatch import LOG, Dispatcher
-from meta_train.worker_pool import LocalPool, WorkerPool
+from meta_train.distribution.dispatch import LOG, Dispatcher, LocalPool, WorkerPool
 
 
 class WorkdirError(ValueError):
@@ -124,7 +123,7 @@ def _attach_log(workdir: str) -> logging.Handler:
 
 
 def _ray_pool(config: MetaTrainConfig, address: str, arch: Any) -> tuple[WorkerPool, bool]:
-    from meta_train import ray_workers
+    from meta_train.distribution import ray_workers
 
     started = ray_workers.connect(address)
     try:
@@ -168,7 +167,7 @@ def meta_train(
     A checkpoint is written every `run.checkpoint_every` steps and when the loop exits for any
     reason (including KeyboardInterrupt), so `resume=True` continues where it stopped.
     ray_address: None runs the workers in-process; "local", "auto" or a cluster address runs
-    them as Ray actors (`meta_train.ray_workers`). pool: an already built pool (the caller
+    them as Ray actors (`meta_train.distribution.ray_workers`). pool: an already built pool (the caller
     owns it and closes it), e.g. a `RayPool` whose actors a test wants to kill.
     A resume continues from the newest readable checkpoint (damaged newer ones are set aside
     with a warning), and refuses a recipe that changes the trajectory (seed, learning rate, ...)

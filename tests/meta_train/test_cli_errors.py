@@ -185,7 +185,7 @@ def test_bad_ray_address_is_one_line_at_once(tmp_path, capsys, address, expected
 
 
 def _fake_cluster(monkeypatch, nodes_over_time, started_here):
-    from meta_train import ray_workers
+    from meta_train.distribution import ray_workers
 
     calls = []
 
@@ -206,7 +206,7 @@ def _config(*overrides):
 
 
 def test_placeable_counts_whole_actors_per_node():
-    from meta_train.ray_workers import placeable
+    from meta_train.distribution.ray_workers import placeable
 
     nodes = [{"CPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}]
     assert placeable(nodes, {"CPU": 1.0}) == 10
@@ -218,7 +218,7 @@ def test_placeable_counts_whole_actors_per_node():
 
 def test_a_cluster_started_here_that_cannot_hold_the_workers_fails_at_once(monkeypatch):
     from meta_train.config import ClusterError
-    from meta_train.ray_workers import check_resources
+    from meta_train.distribution.ray_workers import check_resources
 
     calls = _fake_cluster(monkeypatch, [[{"CPU": 2.0}]], started_here=True)
     config = _config("distributed.num_workers=3", "distributed.num_cpus_per_worker=1")
@@ -231,7 +231,7 @@ def test_a_cluster_started_here_that_cannot_hold_the_workers_fails_at_once(monke
 
 def test_a_joined_cluster_is_given_resource_wait_s_to_grow(monkeypatch):
     from meta_train.config import ClusterError
-    from meta_train.ray_workers import check_resources
+    from meta_train.distribution.ray_workers import check_resources
 
     small, grown = [{"CPU": 2.0}], [{"CPU": 2.0}, {"CPU": 64.0}]
     _fake_cluster(monkeypatch, [small, small, grown], started_here=False)

@@ -11,8 +11,7 @@ import optax
 import pytest
 
 from meta_train import learner as learner_lib
-from meta_train.dispatch import Dispatcher
-from meta_train.worker_pool import FAILED, LocalPool, Outcome
+from meta_train.distribution.dispatch import FAILED, Dispatcher, LocalPool, Outcome
 
 
 class ConstantWorker:

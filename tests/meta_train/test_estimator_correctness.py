@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from tests.meta_train.toy_lopt import MomentumLOpt
 
-from meta_train import pool as pool_lib
 from meta_train.estimators import ESTIMATORS
 from meta_train.unroll import UnrollConfig
 from tasks.quadratic import QuadraticTask
+from tasks.stacking import stack_tasks
 
 HORIZON = 16
 DIM = 4
@@ -35,7 +35,7 @@ def problem():
         curvature=jnp.array([0.5, 1.0, 2.0, 4.0]), target=jnp.array([1.0, -1.0, 0.5, 2.0]),
         init_scale=jnp.float32(0.0), noise_std=jnp.float32(0.0), dim=DIM,
     )
-    pool = pool_lib.stack([task])
+    pool = stack_tasks([task])
     task = jax.tree.map(lambda x: x[0], pool)
     theta = ARCH.init_theta(None)
 

@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray")
 from meta_train import metrics as metrics_lib  # noqa: E402
 from meta_train import recipe  # noqa: E402
 from meta_train.config import load_config  # noqa: E402
-from meta_train.ray_workers import RayPool  # noqa: E402
+from meta_train.distribution.ray_workers import RayPool  # noqa: E402
 from meta_train.train import meta_train  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -188,7 +188,7 @@ def test_cli_ray_flag_runs_the_recipe_on_actors(cluster, tmp_path, capsys):
 @pytest.mark.parametrize("name", ["cluster_gpu.yaml", "cluster_tpu.yaml"])
 def test_cluster_recipes_load(name):
     from meta_train.config import num_workers
-    from meta_train.ray_workers import actor_env
+    from meta_train.distribution.ray_workers import actor_env
 
     config = load_config(os.path.join(REPO, "configs", name))
     assert num_workers(config) > 1

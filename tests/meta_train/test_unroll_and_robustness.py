@@ -9,30 +9,29 @@ import pytest
 from tests.meta_train.toy_lopt import MomentumLOpt
 
 from meta_train import learner as learner_lib
-from meta_train import pool as pool_lib
-from meta_train import population
 from meta_train import unroll as unroll_lib
 from meta_train.estimators import ESTIMATORS
 from meta_train.unroll import UnrollConfig
 from tasks.quadratic import QuadraticFamily
+from tasks.stacking import stack_tasks
 
 FAMILY = QuadraticFamily(dim=4, min_curvature=0.5, max_curvature=2.0, noise_std=0.1)
 
 
 @pytest.fixture(scope="module")
 def pool():
-    return pool_lib.make_pool(FAMILY, jax.random.PRNGKey(0), 8)
+    return unroll_lib.sample_task_pool(FAMILY, jax.random.PRNGKey(0), 8)
 
 
 def test_horizons_log_uniform_multiples_of_k_and_staggered(pool):
     cfg = UnrollConfig(truncation_length=5, min_horizon=10, max_horizon=400, stagger=False)
     key = jax.random.PRNGKey(1)
-    full = np.asarray(population.init_population(MomentumLOpt(), cfg, pool, key, 512, 1).horizon[:, 0])
+    full = np.asarray(unroll_lib.init_population(MomentumLOpt(), cfg, pool, key, 512, 1).horizon[:, 0])
     assert np.all(full % 5 == 0) and full.min() >= 10 and full.max() <= 400
     # log-uniform: about half the mass below the geometric mean (63), not the arithmetic (205).
     assert 0.4 < np.mean(full < 63) < 0.6
     staggered = dataclasses.replace(cfg, stagger=True)
-    states = population.init_population(MomentumLOpt(), staggered, pool, key, 512, 1)
+    states = unroll_lib.init_population(MomentumLOpt(), staggered, pool, key, 512, 1)
     horizon, step = np.asarray(states.horizon[:, 0]), np.asarray(states.step[:, 0])
     # First episodes start at step 0 and are shortened by a multiple of K, never to nothing.
     assert np.all(step == 0) and np.all(horizon % 5 == 0) and np.all((horizon >= 5) & (horizon <= full))
@@ -76,7 +75,7 @@ def _mixed_pool():
     """Half the pool is benign, half has curvature 1e4: lr 0.05 makes those explode."""
     calm = [FAMILY.sample(jax.random.PRNGKey(i)) for i in range(4)]
     wild = [t.replace(curvature=t.curvature * 1e4) for t in calm]
-    return pool_lib.stack(calm + wild)
+    return stack_tasks(calm + wild)
 
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))

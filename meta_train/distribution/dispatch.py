@@ -12,19 +12,149 @@ result is dropped, counted, logged with the worker id, and the worker is given n
 has restarted it by then). Counts go to the metrics as `dist/*` and into the learner's totals.
 Timing: `perf/wait_s` is the time blocked on workers, `perf/learner_s` everything else the
 driver did for the update (averaging, the outer step, putting theta, submitting calls).
+
+The dispatcher sees its workers through one small interface, so it never knows where they run:
+
+    handle = pool.put(theta)                       # once per theta version
+    pool.submit(index, handle, version, key)       # start worker `index` on that version
+    outcome = pool.wait()                          # the next finished call, any worker
+    pool.get_states() / pool.set_states(states)    # for checkpoints (one entry per worker)
+
+`LocalPool` runs `LocalWorker`s in this process (the default; a call runs when it is waited for,
+in submission order, so async mode is deterministic in-process);
+`meta_train.distribution.ray_workers.RayPool` runs the same `LocalWorker` inside Ray actors.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from meta_train import learner as learner_lib
-from meta_train.recipe import worker_key
-from meta_train.worker_pool import FAILED, LOST, OK, Outcome
+
+
+# ---- workers and the pool interface ----------------------------------------------------------
+
+OK, FAILED, LOST = "ok", "failed", "lost"
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One finished call. status: OK; FAILED (the worker raised; `error` holds its traceback);
+    LOST (the worker's process died before answering; Ray restarts it)."""
+
+    index: int
+    version: int
+    status: str = OK
+    grad: Any = None
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    pid: int | None = None
+
+
+class LocalWorker:
+    """Holds one share of the population; `compute` runs one truncation for all of it.
+
+    A worker owns unroll states and turns a theta into estimator output; nothing else. The whole
+    truncation (K steps for every member and antithetic branch) is one jitted call; the
+    unroll-state buffers are donated, so they are updated in place. A Ray actor wraps the same
+    class, so the learner only ever sees `(meta_grad, metrics)` per worker.
+    """
+
+    def __init__(self, estimator: Any, pool: Any, theta: Any, key: jax.Array):
+        self.estimator = estimator
+        self.pool = pool
+        self._estimate = jax.jit(estimator.estimate, donate_argnums=(2,))
+        self.states = jax.jit(estimator.init_states)(theta, pool, key)
+
+    def compute(self, theta: Any, key: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+        grad, self.states, metrics = self._estimate(theta, self.pool, self.states, key)
+        return grad, metrics
+
+    def warm_up(self, theta: Any, key: jax.Array) -> None:
+        """Compile the truncation by running it once on a copy of the states (left unchanged),
+        so a new (or restarted) Ray actor is ready at full speed when its first call comes."""
+        states = jax.tree.map(lambda x: x.copy(), self.states)
+        self.compute(theta, key)
+        jax.block_until_ready(self.states)
+        self.states = states
+
+    def get_states(self) -> Any:
+        return self.states
+
+    def set_states(self, states: Any) -> None:
+        self.states = states
+
+
+class WorkerPool(Protocol):
+    num_workers: int
+
+    def put(self, theta: Any) -> Any: ...
+
+    def submit(self, index: int, theta_handle: Any, version: int, key: jax.Array) -> None: ...
+
+    def wait(self) -> Outcome: ...
+
+    def busy(self) -> set[int]: ...
+
+    def discard_in_flight(self) -> None: ...
+
+    def get_states(self) -> list[Any]: ...
+
+    def set_states(self, states: list[Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalPool:
+    """In-process workers. Exceptions propagate (fail fast: nothing restarts a local worker)."""
+
+    def __init__(self, workers: list[LocalWorker]):
+        self.workers = workers
+        self.num_workers = len(workers)
+        self._queue: collections.deque = collections.deque()
+
+    def put(self, theta: Any) -> Any:
+        # A snapshot: the learner donates its theta buffers to the next outer step, while an
+        # async call queued on this version still has to read them.
+        return jax.tree.map(jnp.copy, theta)
+
+    def submit(self, index: int, theta_handle: Any, version: int, key: jax.Array) -> None:
+        self._queue.append((index, theta_handle, version, key))
+
+    def wait(self) -> Outcome:
+        if not self._queue:
+            raise RuntimeError("LocalPool.wait() with no submitted call; submit one first.")
+        index, theta, version, key = self._queue.popleft()
+        grad, metrics = self.workers[index].compute(theta, key)
+        jax.block_until_ready(grad)  # so the driver's timing splits compute from learner work
+        return Outcome(index, version, OK, grad, metrics)
+
+    def busy(self) -> set[int]:
+        return {item[0] for item in self._queue}
+
+    def discard_in_flight(self) -> None:
+        self._queue.clear()
+
+    def get_states(self) -> list[Any]:
+        return [w.get_states() for w in self.workers]
+
+    def set_states(self, states: list[Any]) -> None:
+        for worker, s in zip(self.workers, states):
+            worker.set_states(s)
+
+    def close(self) -> None:
+        self._queue.clear()
+
+
+# ---- the dispatcher --------------------------------------------------------------------------
 
 # Estimator metrics that are counts: summed over workers (everything else is averaged).
 SUMMED = ("unroll/resets", "unroll/diverged", "grad/dropped", "unroll/inner_steps")
@@ -32,6 +162,11 @@ SUMMED = ("unroll/resets", "unroll/diverged", "grad/dropped", "unroll/inner_step
 DROP_COUNTS = ("dist/stale_dropped", "dist/failed", "dist/lost")
 
 LOG = logging.getLogger("meta_train.learner")
+
+
+def worker_key(rng: jax.Array, version: int, index: int) -> jax.Array:
+    """The key worker `index` uses on theta version `version` (in-process and Ray alike)."""
+    return jax.random.fold_in(jax.random.fold_in(rng, version), index)
 
 
 def merge_worker_metrics(per_worker: list[dict[str, Any]]) -> dict[str, Any]:
@@ -55,7 +190,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        pool: Any,
+        pool: WorkerPool,
         outer_step: Callable,
         *,
         mode: str = "sync",

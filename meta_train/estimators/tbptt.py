@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-from meta_train import population, unroll as unroll_lib
+from meta_train import unroll as unroll_lib
 from meta_train.unroll import UnrollConfig, UnrollState
 
 
@@ -27,21 +27,21 @@ class TruncatedBackprop:
     trainable: tuple[str, ...] = ()  # frozen parts are masked by the learner (make_outer_optimizer)
 
     num_branches = 1
-    init_states = population.init_states  # the population alone
+    init_states = unroll_lib.init_states  # the population alone
 
     def estimate(self, theta: Any, pool: Any, states: UnrollState, key: jax.Array):
         del key  # deterministic given the states
-        states, was_reset = population.reset_population(self.arch, self.unroll, pool, states)
+        states, was_reset = unroll_lib.reset_population(self.arch, self.unroll, pool, states)
 
         def member_loss(theta, task, state):
             new_state, out = unroll_lib.truncation(self.arch, self.unroll, theta, task, state)
             return out.meta_loss, (new_state, out)
 
         grad_fn = jax.grad(member_loss, has_aux=True)
-        grads, (states, out) = population.map_population(
+        grads, (states, out) = unroll_lib.map_population(
             grad_fn, theta, pool, states, theta_per_branch=False
         )
-        states, out = population.mark_pair_divergence(states, out)
+        states, out = unroll_lib.mark_pair_divergence(states, out)
         per_member = jax.tree.map(lambda g: g[:, 0], grads)
-        grad, metrics = population.valid_mean(per_member, out, was_reset, self.unroll)
+        grad, metrics = unroll_lib.valid_mean(per_member, out, was_reset, self.unroll)
         return grad, states, metrics

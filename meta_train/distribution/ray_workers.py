@@ -32,8 +32,8 @@ import numpy as np
 import ray
 
 from meta_train.config import ClusterError, DistributedConfig, MetaTrainConfig, num_workers
+from meta_train.distribution.dispatch import FAILED, LOST, OK, Outcome
 from meta_train.recipe import make_components, make_worker, theta_template
-from meta_train.worker_pool import FAILED, LOST, OK, Outcome
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its tracebacks; the log file wants text
 
@@ -187,7 +187,7 @@ def _retrying(method):
 
 
 class RayPool:
-    """`distributed.num_workers` actors behind the `meta_train.worker_pool` interface."""
+    """`distributed.num_workers` actors behind the `meta_train.distribution.dispatch.WorkerPool` interface."""
 
     def __init__(self, config: MetaTrainConfig, arch: Any = None, *, worker_factory: Callable = make_worker):
         if not ray.is_initialized():
