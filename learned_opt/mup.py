@@ -21,7 +21,8 @@ Roles are inferred from shapes unless given explicitly:
   dimension, then gets the constant factor base_fan_in / d_in: not 1, but the same at every
   model width, so transfer across widths still holds.
 * The readout cannot be told from a hidden layer by shape: give it the role "output" (for a
-  model with the mu-P output multiplier; `tasks.models.mup.param_roles` does this for tasks/).
+  model with the mu-P output multiplier). `tasks/` models name their roles
+  (`model.param_roles`); meta-training and evaluation pass them in.
 * Embedding tables are (vocab, d): shape inference would treat vocab as fan-in. Mark them with the
   role "embedding" (unscaled, as mu-P prescribes for input-like weights). Kernels stored
   (out, in), as in PyTorch, need explicit roles too: inference cannot see the transposition.
@@ -31,6 +32,9 @@ Vectors are never scaled, whatever role they are given: a role string covering a
 
 Explicit roles are a pytree *prefix* of params whose leaves are role strings, or None to infer
 that subtree, e.g. `{"embed": "embedding", "blocks": None, "head": "output"}`.
+
+The same factor serves any Adam-like optimizer: `update_scales` gives it for a whole tree, e.g. as
+mu-Adam's per-tensor learning-rate multipliers.
 """
 
 from __future__ import annotations
@@ -86,3 +90,11 @@ def update_scale(shape: tuple[int, ...], role: str, base_fan_in: int) -> float:
     if role not in _SCALED_ROLES or len(shape) <= 1:
         return 1.0
     return float(base_fan_in) / float(shape[-2])
+
+
+def update_scales(params: Any, roles: Any = None, *, base_fan_in: int) -> Any:
+    """A tree like `params` of every tensor's `update_scale` (roles as in `resolve_roles`)."""
+    leaves, treedef = jax.tree.flatten(params)
+    scales = [update_scale(tuple(x.shape), role, base_fan_in)
+              for x, role in zip(leaves, resolve_roles(params, roles))]
+    return jax.tree.unflatten(treedef, scales)

@@ -34,6 +34,7 @@ import optax
 from flax import struct
 
 from meta_train import robust
+from tasks.base import mup_roles
 from tasks.stacking import stack_tasks
 
 META_LOSSES = ("train", "test", "log_train")
@@ -226,29 +227,18 @@ def tree_all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def param_roles(arch: Any, params: Any) -> Any:
-    """mu-P roles of the inner model's tensors, for architectures that scale by them.
-
-    tasks/ models name their layers so `tasks.models.mup.param_roles` can tell input, hidden,
-    readout and vector tensors apart; the readout must not get the hidden-layer update scaling.
-    """
-    if not getattr(arch, "mup", False):
-        return None
-    from tasks.models.mup import param_roles as roles_by_name
-
-    return roles_by_name(params)
-
-
 def truncation(
     arch: Any, cfg: UnrollConfig, theta: Any, task: Any, state: UnrollState
 ) -> tuple[UnrollState, TruncationOutput]:
     """K inner steps of `arch` under `theta` on `task`; differentiable in theta.
 
     Batches are sampled inside the scan from the task's device-resident data with
-    fold_in(episode key, step), so antithetic branches see the same batches.
+    fold_in(episode key, step), so antithetic branches see the same batches. The task's model
+    names its mu-P roles (the readout must not get the hidden-layer update scaling); an
+    architecture without mu-P scaling ignores them.
     """
 
-    roles = param_roles(arch, state.params)
+    roles = mup_roles(task, state.params)
 
     def inner_step(carry, _):
         params, opt_state, step = carry

@@ -14,6 +14,11 @@ Everything a meta-training unroll needs runs inside `jit` with no host round tri
 training run is `eval_loss(params)`: the mean loss over a fixed slice of the test split (the
 same examples every call, so curves are comparable across steps and optimizers). `eval_loss` is
 optional (not part of the runtime-checked Protocol); `held_out_loss` falls back to one test batch.
+
+A task built on a `tasks.models` model (`task.model`) describes it for mu-P: the model's
+`base_width`, `parametrization` and `param_roles(params)`, the role of each tensor in
+`learned_opt.mup`'s terms (which matrix is the readout, an input layer, hidden), so optimizers
+that scale by mu-P need not guess from shapes. `mup_roles` reads the roles (None: infer).
 """
 
 from __future__ import annotations
@@ -76,6 +81,13 @@ def held_out_loss(task: Task, params: Params, key: jax.Array | None = None) -> j
         raise ValueError(f"{type(task).__name__} has no eval_loss; pass a key so "
                          "held_out_loss can sample a test batch.")
     return task.loss(params, task.sample_batch(key, split="test"))
+
+
+def mup_roles(task: Task, params: Params) -> Any:
+    """`task.model.param_roles(params)` when the task's model names its mu-P roles, else None
+    (an optimizer then infers them from shapes; see `learned_opt.mup`)."""
+    param_roles = getattr(getattr(task, "model", None), "param_roles", None)
+    return None if param_roles is None else param_roles(params)
 
 
 class TaskFamily(abc.ABC):

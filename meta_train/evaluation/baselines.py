@@ -11,8 +11,8 @@ point of the grid (vmapped); `params` is only read for shapes and module names (
                   run to the tuned peak learning rate, cosine decay to 0 at the last step (what
                   a practitioner would pick)
     mu-adam       AdamW with mu-P per-tensor learning-rate multipliers (base_width / fan_in on
-                  hidden matrices; `tasks.models.mup.adam_lr_multipliers`), decoupled weight
-                  decay scaled with the same per-tensor learning rate
+                  hidden matrices: `learned_opt.mup.update_scales` with the roles the model names),
+                  decoupled weight decay scaled with the same per-tensor learning rate
     sgd-momentum  optax.sgd, momentum 0.9
     lion          optax.lion, weight decay 1e-4
     adafactor     optax.adafactor (factored second moments, parameter-scale relative steps)
@@ -96,9 +96,10 @@ def _adamw_cosine(learning_rate, params, task, num_steps):
 
 
 def _mu_adam(learning_rate, params, task, num_steps):
-    from tasks.models.mup import adam_lr_multipliers
+    from learned_opt.mup import update_scales
+    from tasks.base import mup_roles
 
-    multipliers = adam_lr_multipliers(params, _base_width(task))
+    multipliers = update_scales(params, mup_roles(task, params), base_fan_in=_base_width(task))
     return optax.chain(
         optax.scale_by_adam(),
         optax.add_decayed_weights(WEIGHT_DECAY),

@@ -9,8 +9,8 @@ A SPEC is one of:
     path/to/checkpoint.safetensors                      a learned-optimizer checkpoint
 
 Learned optimizers have no LR: they run once per seed. On tasks whose model is mu-P
-(`task.model.parametrization == "mup"`) they get the model's per-tensor roles
-(`tasks.models.mup.param_roles`), so the mu-P readout is not scaled twice.
+(`task.model.parametrization == "mup"`) they get the roles the model names
+(`tasks.base.mup_roles`), so the mu-P readout is not scaled twice.
 """
 
 from __future__ import annotations
@@ -50,13 +50,14 @@ def valid_names() -> str:
 
 
 def mup_roles(task: Any, params: Any):
-    """`tasks.models.mup.param_roles(params)` for tasks' mu-P models, else None (infer)."""
+    """The roles the task's model names for params (`tasks.base.mup_roles`) when the model is
+    mu-P, else None (infer from shapes)."""
     model = getattr(task, "model", None)
     if getattr(model, "parametrization", None) != "mup":
         return None
-    from tasks.models.mup import param_roles
+    from tasks.base import mup_roles as task_roles
 
-    return param_roles(params)
+    return task_roles(task, params)
 
 
 def _baseline(spec: str, grids: dict[str, LRGrid]) -> OptimizerSpec | None:

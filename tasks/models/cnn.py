@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 
 from tasks.models.activations import get_activation
-from tasks.models.mup import Readout, check_parametrization
+from tasks.models.mup import Readout, check_parametrization, param_roles
 
 
 class CNN(nn.Module):
@@ -55,3 +55,7 @@ class CNNConfig:
 
     def module(self) -> CNN:
         return CNN(self)
+
+    def param_roles(self, params):
+        """The mu-P role of each tensor, by layer name (`mup.param_roles`)."""
+        return param_roles(params)

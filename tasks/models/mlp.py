@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from tasks.models.activations import get_activation
-from tasks.models.mup import Readout, check_parametrization
+from tasks.models.mup import Readout, check_parametrization, param_roles
 
 
 class MLP(nn.Module):
@@ -54,3 +54,7 @@ class MLPConfig:
 
     def module(self) -> MLP:
         return MLP(self)
+
+    def param_roles(self, params):
+        """The mu-P role of each tensor, by layer name (`mup.param_roles`)."""
+        return param_roles(params)

@@ -1,4 +1,4 @@
-"""mu-P (maximal update parametrization) conventions shared by every model in `tasks.models`.
+"""mu-P (maximal update parametrization) of the models in `tasks.models`: their side of it.
 
 Following "Tensor Programs V" (Yang et al. 2022), in the form of its Table 8 / the `mup`
 package, with width multiplier m = fan_in / base_width:
@@ -11,10 +11,10 @@ package, with width multiplier m = fan_in / base_width:
   logits start near zero at large width and their updates stay O(1).
 * Attention logits are scaled by sqrt(base_head_dim) / head_dim in mu-P (1/sqrt(head_dim) in
   standard).
-* The optimizer side (not the model's business, listed so optimizers agree): with Adam-like
-  updates, "hidden" matrices (both dims grow with width) get learning rate x base_width/fan_in;
-  "input" and "output" matrices and "vector" parameters (biases, norms) are not scaled.
-  `param_roles` and `adam_lr_multipliers` give this per tensor.
+* The optimizer's side (hidden matrices' updates x base_width / fan_in, the rest unscaled) is
+  `learned_opt.mup`'s rule. The models only say which tensor is which: `param_roles` names each
+  tensor's role from the module names (`input...`, `embed`, `readout`), in `learned_opt.mup`'s
+  vocabulary; every model config exposes it as `param_roles` (read by `tasks.base.mup_roles`).
 
 At width == base_width, mu-P and standard parametrization are the same model.
 """
@@ -27,6 +27,8 @@ from typing import Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from learned_opt.mup import infer_role
 
 Parametrization = Literal["standard", "mup"]
 PARAMETRIZATIONS = ("standard", "mup")
@@ -70,28 +72,16 @@ class Readout(nn.Module):
 
 
 def _role(path, leaf) -> str:
-    names = [getattr(k, "key", getattr(k, "name", "")) for k in path]
-    names = [str(n) for n in names]
-    if jnp.ndim(leaf) < 2:
-        return "vector"
-    if any(n.startswith(OUTPUT_PREFIXES) for n in names):
-        return "output"
-    if any(n.startswith(INPUT_PREFIXES) for n in names):
-        return "input"
-    return "hidden"
+    names = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+    if jnp.ndim(leaf) >= 2:
+        if any(n.startswith(OUTPUT_PREFIXES) for n in names):
+            return "output"
+        if any(n.startswith(INPUT_PREFIXES) for n in names):
+            return "input"
+    return infer_role(jnp.shape(leaf))  # "vector" for biases and norms, else "hidden"
 
 
 def param_roles(params):
-    """A tree like `params` of "input" | "hidden" | "output" | "vector" (by module name)."""
+    """A tree like `params` of "input" | "hidden" | "output" | "vector" (by module name), the
+    roles of `learned_opt.mup`."""
     return jax.tree_util.tree_map_with_path(_role, params)
-
-
-def adam_lr_multipliers(params, base_width: int):
-    """Per-tensor Adam learning-rate multipliers for mu-P: base_width/fan_in on hidden matrices.
-
-    The width of a matrix is its input-feature axis (shape[-2]); conv spatial dims are not width.
-    """
-    def mult(path, leaf):
-        return base_width / leaf.shape[-2] if _role(path, leaf) == "hidden" else 1.0
-
-    return jax.tree_util.tree_map_with_path(mult, params)

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tasks.models.mup import Readout, attention_scale, check_parametrization
+from tasks.models.mup import Readout, attention_scale, check_parametrization, param_roles
 
 EMBED_INIT = nn.initializers.normal(stddev=1.0)
 
@@ -108,3 +108,7 @@ class TransformerConfig:
 
     def module(self) -> TransformerLM:
         return TransformerLM(**dataclasses.asdict(self))
+
+    def param_roles(self, params):
+        """The mu-P role of each tensor, by layer name (`mup.param_roles`)."""
+        return param_roles(params)

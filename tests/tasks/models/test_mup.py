@@ -2,8 +2,8 @@
 
 Each model trains a few Adam steps on one fixed batch; we measure the RMS of a hidden
 activation at init, and the RMS *change* of that activation and of the outputs. mu-P (model
-parametrization + Adam learning rates from `mup.adam_lr_multipliers`) keeps all of them about
-width-independent; standard parametrization with plain Adam lets the changes grow with width.
+parametrization + Adam learning rates scaled by `learned_opt.mup.update_scales`) keeps all of
+them about width-independent; standard parametrization with plain Adam lets the changes grow with width.
 """
 
 import jax
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+from learned_opt.mup import update_scales
 from tasks.models import mup
 from tasks.models.cnn import CNNConfig
 from tasks.models.mlp import MLPConfig
@@ -61,7 +62,7 @@ def coordinate_check(name, width, parametrization):
         out, state = module.apply({"params": p}, x, capture_intermediates=True)
         return out, state["intermediates"][hidden]["__call__"][0]
 
-    lr_mult = (mup.adam_lr_multipliers(params, NARROW) if parametrization == "mup"
+    lr_mult = (update_scales(params, mup.param_roles(params), base_fan_in=NARROW) if parametrization == "mup"
                else jax.tree.map(lambda _: 1.0, params))
     opt = optax.adam(LR)
 
@@ -108,7 +109,7 @@ def test_param_roles_and_lr_multipliers():
     assert roles["input"]["kernel"] == "input" and roles["hidden_1"]["kernel"] == "hidden"
     assert roles["readout"]["dense"]["kernel"] == "output"
     assert roles["hidden_1"]["bias"] == "vector"
-    mult = mup.adam_lr_multipliers(params, NARROW)
+    mult = update_scales(params, roles, base_fan_in=NARROW)
     assert mult["hidden_1"]["kernel"] == NARROW / WIDE
     assert mult["input"]["kernel"] == mult["readout"]["dense"]["kernel"] == 1.0
 
