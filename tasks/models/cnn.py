@@ -7,12 +7,14 @@ stride 2), global average pooling, then a mu-P `Readout`. Kernels are (H, W, in,
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 
 from tasks.models.activations import get_activation
-from tasks.models.mup import Readout, check_parametrization, param_roles
+from tasks.models.classifier import ClassifierConfig
+from tasks.models.mup import Readout
 
 
 class CNN(nn.Module):
@@ -32,30 +34,11 @@ class CNN(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class CNNConfig:
-    """Static description of a CNN; hashable, so it can be a static field of a Task."""
+class CNNConfig(ClassifierConfig):
+    """A CNN classifier (fields: `ClassifierConfig`; `width` is channels, base_width 16)."""
 
-    width: int
-    depth: int
-    num_classes: int
-    activation: str = "relu"
-    parametrization: str = "mup"
+    kind: ClassVar[str] = "cnn"
     base_width: int = 16
-
-    def __post_init__(self):
-        if self.width < 1 or self.depth < 1:
-            raise ValueError(f"CNN width and depth must be >= 1, got width={self.width}, "
-                             f"depth={self.depth}.")
-        check_parametrization(self.parametrization)
-        get_activation(self.activation)
-
-    @property
-    def name(self) -> str:
-        return f"cnn_w{self.width}_d{self.depth}_{self.activation}_{self.parametrization}"
 
     def module(self) -> CNN:
         return CNN(self)
-
-    def param_roles(self, params):
-        """The mu-P role of each tensor, by layer name (`mup.param_roles`)."""
-        return param_roles(params)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from tasks.models.activations import get_activation
-from tasks.models.mup import Readout, check_parametrization, param_roles
+from tasks.models.classifier import ClassifierConfig
+from tasks.models.mup import Readout
 
 
 class MLP(nn.Module):
@@ -31,30 +33,10 @@ class MLP(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPConfig:
-    """Static description of an MLP; hashable, so it can be a static field of a Task."""
+class MLPConfig(ClassifierConfig):
+    """An MLP classifier (fields: `ClassifierConfig`; base_width 64)."""
 
-    width: int
-    depth: int
-    num_classes: int
-    activation: str = "relu"
-    parametrization: str = "mup"
-    base_width: int = 64
-
-    def __post_init__(self):
-        if self.width < 1 or self.depth < 1:
-            raise ValueError(f"MLP width and depth must be >= 1, got width={self.width}, "
-                             f"depth={self.depth}.")
-        check_parametrization(self.parametrization)
-        get_activation(self.activation)
-
-    @property
-    def name(self) -> str:
-        return f"mlp_w{self.width}_d{self.depth}_{self.activation}_{self.parametrization}"
+    kind: ClassVar[str] = "mlp"
 
     def module(self) -> MLP:
         return MLP(self)
-
-    def param_roles(self, params):
-        """The mu-P role of each tensor, by layer name (`mup.param_roles`)."""
-        return param_roles(params)
