@@ -42,15 +42,29 @@ class RunConfig:
 @dataclasses.dataclass(frozen=True)
 class TasksConfig:
     """family: a key of `meta_train.families.TASK_FAMILIES`; kwargs go to its constructor.
-    pool_size: tasks sampled once and stacked; members draw from them at every reset."""
+    pool_size: tasks sampled at once and stacked; members draw from them at every reset.
+    redraw_every: 0 keeps each worker's pool for the whole run (a family with static choices,
+        such as an MLP's width, then gives the run only one configuration per worker); N > 0
+        draws every worker a new pool every N outer steps (round r = step // N), its members
+        starting fresh episodes. Each new shape costs one compilation per worker."""
 
     family: str = "quadratic"
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     pool_size: int = 16
+    redraw_every: int = 0
 
     def __post_init__(self):
         if self.pool_size < 1:
             raise ValueError(f"tasks.pool_size={self.pool_size}; expected >= 1 (tasks per worker pool).")
+        if isinstance(self.redraw_every, bool) or not isinstance(self.redraw_every, int) or self.redraw_every < 0:
+            raise ValueError(
+                f"tasks.redraw_every={self.redraw_every!r}; expected an int >= 0 (0: each worker keeps "
+                "its task pool; N: a new pool every N outer steps)."
+            )
+
+    def round_at(self, step: int) -> int:
+        """The task round of outer step `step` (always 0 without re-draws)."""
+        return step // self.redraw_every if self.redraw_every else 0
 
 
 @dataclasses.dataclass(frozen=True)

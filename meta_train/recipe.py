@@ -5,8 +5,9 @@ same initial unroll states whether it lives in the driver's process or in an act
 host, which is what makes a sync Ray run equal an in-process run, and what lets a restarted
 actor rebuild its share of the population without asking the driver.
 
-Key derivation from `base = PRNGKey(run.seed)`: fold_in(base, 0) -> task pools (then worker i),
-1 -> initial theta, 2 -> unroll states (then worker i), 3 -> the learner's rng.
+Key derivation from `base = PRNGKey(run.seed)`: fold_in(base, 0) -> task pools (then worker i,
+then the round r > 0 of `tasks.redraw_every`), 1 -> initial theta, 2 -> unroll states (then
+worker i, then the round r > 0), 3 -> the learner's rng.
 """
 
 from __future__ import annotations
@@ -97,10 +98,16 @@ def warm_start(theta: Any, arch: Any, source: str) -> Any:
     return {**theta, **loaded}
 
 
-def make_task_pool(config: MetaTrainConfig, parts: Components, index: int) -> Any:
-    """Worker `index`'s own pool (its own task configuration for families with static choices)."""
-    key = jax.random.fold_in(jax.random.fold_in(base_key(config), 0), index)
+def make_task_pool(config: MetaTrainConfig, parts: Components, index: int, round: int = 0) -> Any:
+    """Worker `index`'s own pool in task round `round` (its own task configuration for
+    families with static choices; a new one each round with `tasks.redraw_every`)."""
+    key = _round_key(jax.random.fold_in(jax.random.fold_in(base_key(config), 0), index), round)
     return sample_task_pool(parts.family, key, config.tasks.pool_size)
+
+
+def _round_key(key: jax.Array, round: int) -> jax.Array:
+    """Round 0 keeps the key (runs without re-draws are unchanged); round r > 0 folds r in."""
+    return jax.random.fold_in(key, round) if round else key
 
 
 def make_worker(config: MetaTrainConfig, parts: Components, index: int, task_pool: Any = None) -> LocalWorker:
@@ -109,4 +116,5 @@ def make_worker(config: MetaTrainConfig, parts: Components, index: int, task_poo
         task_pool = make_task_pool(config, parts, index)
     theta = theta_template(config, parts.arch)  # replaced by the learner's theta each step
     key = jax.random.fold_in(jax.random.fold_in(base_key(config), 2), index)
-    return LocalWorker(parts.estimator, task_pool, theta, key)
+    return LocalWorker(parts.estimator, task_pool, theta, key, redraw_every=config.tasks.redraw_every,
+                       pool_for_round=lambda r: make_task_pool(config, parts, index, r))

@@ -261,14 +261,25 @@ def _first_nonfinite(tree: Any) -> str | None:
     return None
 
 
-def _restore_latest_good(ckpt: Checkpointer, template: Any) -> tuple[int, Any]:
+def _checkpoint_tree_at(run: Run, step: int) -> dict[str, Any]:
+    """The checkpoint tree after `step` outer steps. With `tasks.redraw_every`, the workers are
+    first put in the task round of the last step's version (step - 1), whose pools decide the
+    unroll states' shapes: to save (an async worker still in the round before starts the new
+    one now, as its next call would), and as the template to restore a checkpoint of `step`."""
+    if run.config.tasks.redraw_every:
+        run.pool.set_round(run.config.tasks.round_at(max(step - 1, 0)))
+    return run.checkpoint_tree()
+
+
+def _restore_latest_good(ckpt: Checkpointer, template_at: Callable[[int], Any]) -> tuple[int, Any]:
     """The newest checkpoint that reads back whole with a finite learner (theta, AdamW moments),
     and its step. Newer damaged ones are set aside (checkpoints.damaged/) with a warning, so the
-    resumed run can write their steps again; a changed recipe is an error, not damage."""
+    resumed run can write their steps again; a changed recipe is an error, not damage.
+    template_at(step): the tree structure a checkpoint of that step holds."""
     damaged: list[tuple[int, str]] = []
     for step in reversed(ckpt.all_steps()):
         try:
-            tree = ckpt.restore(step, template)
+            tree = ckpt.restore(step, template_at(step))
             bad = _first_nonfinite(tree["learner"])
             if bad is not None:
                 raise CheckpointDamagedError(
@@ -304,7 +315,7 @@ def _train(run: Run, ckpt: Checkpointer, workdir: str, *, resume: bool, changes:
            on_step: Callable | None) -> RunResult:
     config = run.config
     if resume:
-        start, tree = _restore_latest_good(ckpt, run.checkpoint_tree())
+        start, tree = _restore_latest_good(ckpt, functools.partial(_checkpoint_tree_at, run))
         run.load_checkpoint_tree(tree)
         LOG.info("resumed from the checkpoint at step %d", start)
         if changes:
@@ -347,14 +358,14 @@ def _train(run: Run, ckpt: Checkpointer, workdir: str, *, resume: bool, changes:
                     if on_step is not None:
                         on_step(step, host)
                 if step % config.run.checkpoint_every == 0:
-                    ckpt.save(step, run.checkpoint_tree())
+                    ckpt.save(step, _checkpoint_tree_at(run, step))
                     last_saved = step
         completed = True
     finally:
         dispatcher.close()
         try:
             if step > last_saved:
-                ckpt.save(step, run.checkpoint_tree())
+                ckpt.save(step, _checkpoint_tree_at(run, step))
         except Exception:  # e.g. a worker is gone for good: keep the error that stopped the loop
             if completed:
                 raise

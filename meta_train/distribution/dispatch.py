@@ -19,6 +19,7 @@ The dispatcher sees its workers through one small interface, so it never knows w
     pool.submit(index, handle, version, key)       # start worker `index` on that version
     outcome = pool.wait()                          # the next finished call, any worker
     pool.get_states() / pool.set_states(states)    # for checkpoints (one entry per worker)
+    pool.set_round(r)                              # task round r's pools (resume, before states)
 
 `LocalPool` runs `LocalWorker`s in this process (the default; a call runs when it is waited for,
 in submission order, so async mode is deterministic in-process);
@@ -66,17 +67,44 @@ class LocalWorker:
     truncation (K steps for every member and antithetic branch) is one jitted call; the
     unroll-state buffers are donated, so they are updated in place. A Ray actor wraps the same
     class, so the learner only ever sees `(meta_grad, metrics)` per worker.
+
+    With `redraw_every` N > 0 the worker moves on to task round version // N when a call's
+    theta version reaches it (never back: a stale async call runs in the current round):
+    `pool_for_round(r)` gives the new task pool and the members start fresh (from `key`, with r
+    folded in). The round follows from the version alone, so a restarted Ray actor lands in the
+    right round at its next call.
     """
 
-    def __init__(self, estimator: Any, pool: Any, theta: Any, key: jax.Array):
+    def __init__(self, estimator: Any, pool: Any, theta: Any, key: jax.Array, *, redraw_every: int = 0,
+                 pool_for_round: Callable[[int], Any] | None = None):
+        if redraw_every and pool_for_round is None:
+            raise ValueError(f"LocalWorker(redraw_every={redraw_every}) needs pool_for_round.")
         self.estimator = estimator
         self.pool = pool
+        self.round = 0
+        self._theta, self._key = theta, key
+        self._redraw_every, self._pool_for_round = redraw_every, pool_for_round
         self._estimate = jax.jit(estimator.estimate, donate_argnums=(2,))
         self.states = jax.jit(estimator.init_states)(theta, pool, key)
 
-    def compute(self, theta: Any, key: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+    def compute(self, theta: Any, key: jax.Array, version: int = 0) -> tuple[Any, dict[str, jax.Array]]:
+        if self._redraw_every:
+            self.set_round(max(self.round, version // self._redraw_every))
         grad, self.states, metrics = self._estimate(theta, self.pool, self.states, key)
         return grad, metrics
+
+    def set_round(self, round: int) -> None:
+        """Task round `round`: its pool and fresh unroll states (nothing to do if already there)."""
+        if round == self.round:
+            return
+        if self._pool_for_round is None:
+            raise ValueError(f"set_round({round}): this worker has no pool_for_round (tasks.redraw_every = 0).")
+        self.pool = self._pool_for_round(round)
+        key = jax.random.fold_in(self._key, round) if round else self._key
+        # A new jit object: the executables of the old shapes are released, not cached forever.
+        self._estimate = jax.jit(self.estimator.estimate, donate_argnums=(2,))
+        self.states = jax.jit(self.estimator.init_states)(self._theta, self.pool, key)
+        self.round = round
 
     def warm_up(self, theta: Any, key: jax.Array) -> None:
         """Compile the truncation by running it once on a copy of the states (left unchanged),
@@ -110,6 +138,8 @@ class WorkerPool(Protocol):
 
     def set_states(self, states: list[Any]) -> None: ...
 
+    def set_round(self, round: int) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -133,7 +163,7 @@ class LocalPool:
         if not self._queue:
             raise RuntimeError("LocalPool.wait() with no submitted call; submit one first.")
         index, theta, version, key = self._queue.popleft()
-        grad, metrics = self.workers[index].compute(theta, key)
+        grad, metrics = self.workers[index].compute(theta, key, version)
         jax.block_until_ready(grad)  # so the driver's timing splits compute from learner work
         return Outcome(index, version, OK, grad, metrics)
 
@@ -149,6 +179,10 @@ class LocalPool:
     def set_states(self, states: list[Any]) -> None:
         for worker, s in zip(self.workers, states):
             worker.set_states(s)
+
+    def set_round(self, round: int) -> None:
+        for worker in self.workers:
+            worker.set_round(round)
 
     def close(self) -> None:
         self._queue.clear()

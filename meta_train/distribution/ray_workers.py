@@ -167,8 +167,8 @@ class WorkerActor:
         self.worker = worker_factory(config, parts, index)
         self.worker.warm_up(theta_template(config, parts.arch), jax.random.PRNGKey(0))
 
-    def compute(self, theta: Any, key: np.ndarray) -> tuple[Any, dict[str, Any], int]:
-        grad, metrics = self.worker.compute(theta, key)
+    def compute(self, theta: Any, key: np.ndarray, version: int = 0) -> tuple[Any, dict[str, Any], int]:
+        grad, metrics = self.worker.compute(theta, key, version)
         return jax.device_get(grad), jax.device_get(metrics), self.pid
 
     def get_states(self) -> Any:
@@ -176,6 +176,9 @@ class WorkerActor:
 
     def set_states(self, states: Any) -> None:
         self.worker.set_states(jax.device_put(states))
+
+    def set_round(self, round: int) -> None:
+        self.worker.set_round(round)
 
     def get_pid(self) -> int:
         return self.pid
@@ -216,7 +219,7 @@ class RayPool:
         if index in self._recovering:  # at-least-once, so it waits while Ray restarts the actor
             self._recovering.discard(index)
             method = method.options(max_task_retries=-1)
-        ref = method.remote(theta_handle, np.asarray(key))
+        ref = method.remote(theta_handle, np.asarray(key), version)
         self._pending[ref] = (index, version)
 
     def wait(self) -> Outcome:
@@ -245,6 +248,9 @@ class RayPool:
 
     def set_states(self, states: list[Any]) -> None:
         ray.get([_retrying(a.set_states).remote(jax.device_get(s)) for a, s in zip(self.actors, states)])
+
+    def set_round(self, round: int) -> None:
+        ray.get([_retrying(a.set_round).remote(round) for a in self.actors])
 
     def pids(self) -> list[int]:
         return ray.get([_retrying(a.get_pid).remote() for a in self.actors])

@@ -20,7 +20,7 @@ class ConstantWorker:
     def __init__(self):
         self.seen = []
 
-    def compute(self, theta, key):
+    def compute(self, theta, key, version=0):
         self.seen.append(float(theta["w"]))
         metrics = {"meta_loss": jnp.float32(1.0), "unroll/resets": jnp.float32(0),
                    "unroll/diverged": jnp.float32(0), "grad/dropped": jnp.float32(0),

@@ -132,11 +132,11 @@ class FailingWorker:
     def __init__(self, worker, index):
         self.worker, self.index, self.calls = worker, index, 0
 
-    def compute(self, theta, key):
+    def compute(self, theta, key, version=0):
         self.calls += 1
         if self.index == 1 and self.calls == 2:
             raise ValueError("injected failure in the worker's second call")
-        return self.worker.compute(theta, key)
+        return self.worker.compute(theta, key, version)
 
     def warm_up(self, theta, key):
         self.worker.warm_up(theta, key)
@@ -146,6 +146,9 @@ class FailingWorker:
 
     def set_states(self, states):
         self.worker.set_states(states)
+
+    def set_round(self, round):
+        self.worker.set_round(round)
 
 
 def failing_worker(config, parts, index):

@@ -78,7 +78,8 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(workdir, damage, c
     damage(workdir, 4)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     with caplog.at_level(logging.WARNING, logger="meta_train.learner"):
-        step, tree = _restore_latest_good(ckpt, _template())
+        template = _template()
+        step, tree = _restore_latest_good(ckpt, lambda step: template)
     assert step == 2 and int(tree["learner"].step) == 2
     warning = caplog.text.replace("\n", " ")
     assert "checkpoint at step 4 is damaged" in warning and "resuming from step 2" in warning
