@@ -9,6 +9,7 @@ differs between the two; the noise, the +/- thetas and the scaling are the funct
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any
 
@@ -46,6 +47,23 @@ def gradient(
     return unroll_lib.valid_mean(per_pair, out, was_reset, cfg)
 
 
+@dataclasses.dataclass(frozen=True)
+class Antithetic(abc.ABC):
+    """The configuration PES and ES share (abstract: each says its `estimate`)."""
+
+    arch: Any
+    unroll: UnrollConfig
+    num_pairs: int = 8
+    sigma: float = 0.01
+    trainable: tuple[str, ...] = ()  # top-level theta parts perturbed; () = all
+
+    num_branches = 2
+
+    @abc.abstractmethod
+    def estimate(self, theta: Any, pool: Any, states: Any, key: jax.Array):
+        """(meta_grad, states, metrics) of one truncation (see `meta_train.estimators`)."""
+
+
 # ---- PES ---------------------------------------------------------------------------------------
 
 
@@ -55,7 +73,7 @@ class PESState(struct.PyTreeNode):
 
 
 @dataclasses.dataclass(frozen=True)
-class PES:
+class PES(Antithetic):
     """Persistent Evolution Strategies (Vicol, Metz, Sohl-Dickstein, ICML 2021).
 
     A fresh eps every truncation; each pair keeps the sum of every eps it has used since its
@@ -64,14 +82,6 @@ class PES:
     over an episode's truncations an unbiased estimate of the full-horizon meta-gradient (of the
     Gaussian-smoothed objective), unlike truncated backprop or truncated ES.
     """
-
-    arch: Any
-    unroll: UnrollConfig
-    num_pairs: int = 8
-    sigma: float = 0.01
-    trainable: tuple[str, ...] = ()  # top-level theta parts perturbed; () = all
-
-    num_branches = 2
 
     def init_states(self, theta: Any, pool: Any, key: jax.Array) -> PESState:
         states = unroll_lib.init_states(self, theta, pool, key)
@@ -96,7 +106,7 @@ class PES:
 
 
 @dataclasses.dataclass(frozen=True)
-class AntitheticES:
+class AntitheticES(Antithetic):
     """Truncated antithetic Evolution Strategies (Salimans et al. 2017, applied per truncation).
 
     The estimate is (L+ - L-) / (2 sigma^2) * eps of this truncation alone. The start state's
@@ -106,13 +116,6 @@ class AntitheticES:
     so the next one starts shared again.
     """
 
-    arch: Any
-    unroll: UnrollConfig
-    num_pairs: int = 8
-    sigma: float = 0.01
-    trainable: tuple[str, ...] = ()  # top-level theta parts perturbed; () = all
-
-    num_branches = 2
     init_states = unroll_lib.init_states  # the population alone
 
     def estimate(self, theta: Any, pool: Any, states: UnrollState, key: jax.Array):
