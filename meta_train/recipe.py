@@ -37,6 +37,11 @@ def base_key(config: MetaTrainConfig) -> jax.Array:
     return jax.random.PRNGKey(config.run.seed)
 
 
+def learner_key(config: MetaTrainConfig) -> jax.Array:
+    """The learner's rng (the workers' keys derive from it, per theta version)."""
+    return jax.random.fold_in(base_key(config), 3)
+
+
 def make_components(config: MetaTrainConfig, arch: Any = None) -> Components:
     """`arch` overrides config.optimizer (tests, notebooks); it must be picklable for Ray."""
     if arch is None:

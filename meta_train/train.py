@@ -97,7 +97,7 @@ def build_run(config: MetaTrainConfig, *, arch: Any = None, pool: WorkerPool | N
     if pool is None:
         pools = [recipe.make_task_pool(config, parts, i) for i in range(num_workers(config))]
         pool = LocalPool([recipe.make_worker(config, parts, i, p) for i, p in enumerate(pools)])
-    learner = learner_lib.init_learner(tx, theta, jax.random.fold_in(recipe.base_key(config), 3))
+    learner = learner_lib.init_learner(tx, theta, recipe.learner_key(config))
     return Run(config, parts.arch, parts.family, pools, parts.estimator, tx, learner, pool)
 
 
