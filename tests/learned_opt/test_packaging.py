@@ -70,6 +70,13 @@ def test_meta_extra_and_the_modules_checked_for_it_agree():
     assert core == {"jax", "jaxlib", "numpy", "optax", "safetensors"}
 
 
+def test_every_package_directory_is_in_the_wheel():
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts)
+             for top in ("learned_opt", "tasks", "meta_train") for p in (REPO / top).rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+
+
 def test_a_missing_meta_extra_is_one_line_naming_the_install(monkeypatch, capsys):
     monkeypatch.setitem(_extras.META_MODULES, "no_such_module_for_this_test", "no-such-dist")
     with pytest.raises(ImportError) as e:
