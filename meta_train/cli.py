@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Callable
 
+from meta_train import compile_cache
 from meta_train.evaluation.cli import add_evaluate
 
 
@@ -58,6 +59,7 @@ def _run_meta_train(args) -> int:
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     allow = [k.strip() for arg in args.allow_change for k in arg.split(",") if k.strip()]
     try:
+        compile_cache.enable(config.run.compilation_cache)
         _check_data(config)
         result = meta_train(config, workdir, resume=args.resume, ray_address=args.ray, allow_change=allow)
     except KeyboardInterrupt:

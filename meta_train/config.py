@@ -24,13 +24,17 @@ from meta_train.unroll import UnrollConfig
 class RunConfig:
     """seed: everything (task pool, population, perturbations) derives from it.
     num_steps: outer (meta) steps. checkpoint_every: outer steps between checkpoints (and one
-    at exit). log_every: outer steps between metric rows."""
+    at exit). log_every: outer steps between metric rows.
+    compilation_cache: a directory for JAX's persistent compilation cache in `lopt meta-train`
+    and its Ray workers (meta_train.compile_cache): shapes compiled before (task re-draws,
+    resumes, restarted actors) are read back instead of compiled. None: no cache."""
 
     seed: int = 0
     num_steps: int = 100
     checkpoint_every: int = 50
     log_every: int = 1
     progress: bool = True
+    compilation_cache: Optional[str] = None
 
     def __post_init__(self):
         for name in ("num_steps", "checkpoint_every", "log_every"):
@@ -329,7 +333,7 @@ def to_yaml(config: MetaTrainConfig) -> str:
 # restarts), not theta's trajectory (a resume's theta comes from its checkpoint, so the warm-start
 # file does not count either). A new run.num_steps does stretch the outer learning-rate
 # schedule from the resumed step on.
-RESUME_FREE_KEYS = ("run.num_steps", "run.checkpoint_every", "run.log_every", "run.progress",
+RESUME_FREE_KEYS = ("run.num_steps", "run.checkpoint_every", "run.log_every", "run.progress", "run.compilation_cache",
                     "eval", "distributed", "optimizer.init_theta")
 # ...except these, which decide which meta-gradients are computed and how they are combined.
 RESUME_PINNED_KEYS = ("distributed.num_workers", "distributed.mode", "distributed.max_staleness")

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 import ray
 
+from meta_train import compile_cache
 from meta_train.config import ClusterError, DistributedConfig, MetaTrainConfig, num_workers
 from meta_train.distribution.dispatch import FAILED, LOST, OK, Outcome
 from meta_train.recipe import make_components, make_worker, theta_template
@@ -163,6 +164,7 @@ class WorkerActor:
     def __init__(self, config: MetaTrainConfig, arch: Any, index: int, worker_factory: Callable):
         self.index = index
         self.pid = os.getpid()
+        compile_cache.enable(config.run.compilation_cache)
         parts = make_components(config, arch)
         self.worker = worker_factory(config, parts, index)
         self.worker.warm_up(theta_template(config, parts.arch), jax.random.PRNGKey(0))
