@@ -10,7 +10,6 @@ import optax
 import pytest
 
 import learned_opt
-from tests import fast_compile
 from tests.learned_opt.conftest import mixed_params
 
 # A larger step than the default (1e-3) so that 40 steps make clear progress.
@@ -29,7 +28,7 @@ def _train(loss_fn, params, tx, steps=40):
     """Plain loop; returns (first loss, last loss)."""
     state = tx.init(params)
 
-    @fast_compile.jit
+    @jax.jit
     def step(params, state):
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, state = tx.update(grads, state, params, loss=loss)
@@ -95,13 +94,12 @@ def test_bf16_params_keep_dtype_and_f32_state():
     tx = learned_opt.to_optax(ARCH, THETA)
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
-    update = fast_compile.jit(tx.update)
-    updates, state = update(grads, state, params)
+    updates, state = jax.jit(tx.update)(grads, state, params)
     assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(state.accumulators))
     # bf16 params agree with the same computation in f32, to bf16 precision.
     params32 = jax.tree.map(lambda p: p.astype(jnp.float32), params)
-    updates32, _ = update(jax.tree.map(jnp.ones_like, params32), tx.init(params32), params32)
+    updates32, _ = tx.update(jax.tree.map(jnp.ones_like, params32), tx.init(params32), params32)
     for u, u32 in zip(jax.tree.leaves(updates), jax.tree.leaves(updates32)):
         np.testing.assert_allclose(np.asarray(u, np.float32), np.asarray(u32), rtol=2e-2, atol=1e-6)
 

@@ -19,7 +19,6 @@ from flax import nnx
 from flax.training import train_state
 
 import learned_opt
-from tests import fast_compile
 
 STEPS = 3
 X_BxD = jax.random.normal(jax.random.key(1), (16, 4))
@@ -67,7 +66,7 @@ def test_nnx_optimizer_and_linen_train_state_step_like_a_plain_loop(arch):
     model = _NNXModel(nnx.Rngs(0))
     params0 = _linen_params(model)
 
-    @fast_compile.jit
+    @jax.jit
     def plain_step(params, state):
         loss, grads = jax.value_and_grad(_loss)(params)
         updates, state = tx.update(grads, state, params, loss=loss)
@@ -87,7 +86,7 @@ def test_nnx_optimizer_and_linen_train_state_step_like_a_plain_loop(arch):
 
     linen = train_state.TrainState.create(apply_fn=_LinenModel().apply, params=params0, tx=tx)
 
-    @fast_compile.jit
+    @jax.jit
     def linen_step(state):
         loss, grads = jax.value_and_grad(_loss)(state.params)
         if not arch.loss_features:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import learned_opt
-from tests import fast_compile
 from tests.learned_opt.conftest import mixed_params
 
 BASE = learned_opt.MLPLOpt(hidden_sizes=(8, 4), loss_features=True, mup=True, base_fan_in=8)
@@ -25,7 +24,7 @@ def _random_theta(arch):
 
 def _run(arch, theta, params, steps=3):
     state = arch.init_state(params)
-    step = fast_compile.jit(arch.update)  # one jit object: a new one per step would compile every step
+    step = jax.jit(arch.update)  # one jit object: a new one per step would compile every step
     out = []
     for i in range(steps):
         grads = jax.tree.map(lambda p, i=i: jax.random.normal(jax.random.key(10 + i), p.shape, p.dtype), params)
@@ -116,7 +115,7 @@ def test_normalizer_samples_validated():
 
 
 def _steps_with_grads(arch, theta, params, grads_list):
-    state, step = arch.init_state(params), fast_compile.jit(arch.update)
+    state, step = arch.init_state(params), jax.jit(arch.update)
     for grads in grads_list:
         updates, state = step(theta, grads, state, params, loss=jnp.float32(1.0))
     return updates
@@ -179,10 +178,9 @@ def test_grid_or_exact_under_vmap_and_grad():
     def update(theta, g):
         return arch.update(theta, {"w": g}, arch.init_state(params), params, loss=jnp.float32(1.0))[0]["w"]
 
-    batched = fast_compile.jit(jax.vmap(update, in_axes=(None, 0)))(theta, jnp.stack([dense, sparse]))
-    single = fast_compile.jit(update)  # one jit object for both members: one compile
+    batched = jax.jit(jax.vmap(update, in_axes=(None, 0)))(theta, jnp.stack([dense, sparse]))
     for i, g in enumerate([dense, sparse]):
-        np.testing.assert_allclose(np.asarray(batched[i]), np.asarray(single(theta, g)), rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(batched[i]), np.asarray(jax.jit(update)(theta, g)), rtol=1e-5, atol=1e-9)
     meta_grad = jax.grad(lambda t: jnp.sum(update(t, sparse) ** 2) + jnp.sum(update(t, dense) ** 2))(theta)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(meta_grad))
     assert float(jnp.max(jnp.abs(meta_grad["skip"]))) > 0

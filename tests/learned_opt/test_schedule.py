@@ -1,7 +1,6 @@
 """The learned schedule (`MLPLOpt.fraction_offsets`): horizon-aware, once per step, in every impl."""
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,23 +9,10 @@ import pytest
 
 import learned_opt
 from learned_opt import features as feat_lib
-from tests import fast_compile
 
 OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 ARCH = dataclasses.replace(learned_opt.ARCHITECTURES["mlp_small"], fraction_offsets=OFFSETS, normalize_adam_features=False)
 PARAMS = {"w": jax.random.normal(jax.random.key(0), (6, 5)), "b": jnp.zeros((5,))}
-
-
-@functools.lru_cache(maxsize=None)
-def _stepper(arch, num_steps):
-    """`to_optax(arch, theta, num_steps=num_steps).update` with theta an argument: one compile
-    serves every theta a test compares (closed over, each theta would be its own program)."""
-
-    @fast_compile.jit
-    def step(theta, grads, state, params):
-        return learned_opt.to_optax(arch, theta, num_steps=num_steps).update(grads, state, params)
-
-    return step
 
 
 def test_fraction_features_switch_at_their_offsets():
@@ -70,10 +56,11 @@ def test_step_size_follows_the_schedule_over_the_fraction_of_training(impl):
     sizes = {}
     for num_steps in (100, 1000):
         for name, theta in (("base", base), ("decaying", decaying)):
-            step = _stepper(arch, num_steps)
-            state, out = learned_opt.to_optax(arch, theta, num_steps=num_steps).init(PARAMS), []
+            tx = learned_opt.to_optax(arch, theta, num_steps=num_steps)
+            step = jax.jit(tx.update)
+            state, out = tx.init(PARAMS), []
             for _ in range(91):
-                u, state = step(theta, PARAMS, state, PARAMS)
+                u, state = step(PARAMS, state, PARAMS)
                 out.append(float(jnp.sqrt(jnp.mean(u["w"] ** 2))))
             sizes[name, num_steps] = np.array(out)
     for num_steps in (100, 1000):
@@ -93,11 +80,10 @@ def test_learned_decay_follows_the_remaining_fraction_to_the_end():
     assert float(theta["schedule_decay"]) == 1.0
 
     def sizes(power, num_steps, steps):
-        powered = {**theta, "schedule_decay": jnp.float32(power)}
-        tx = learned_opt.to_optax(arch, powered, num_steps=num_steps)
-        step, state, out = _stepper(arch, num_steps), tx.init(PARAMS), []
+        tx = learned_opt.to_optax(arch, {**theta, "schedule_decay": jnp.float32(power)}, num_steps=num_steps)
+        step, state, out = jax.jit(tx.update), tx.init(PARAMS), []
         for _ in range(steps):
-            u, state = step(powered, PARAMS, state, PARAMS)
+            u, state = step(PARAMS, state, PARAMS)
             out.append(float(jnp.sqrt(jnp.mean(u["w"] ** 2))))
         return np.array(out)
 
@@ -125,9 +111,9 @@ def _controller_theta(feature: str, scale: float = 1.0):
 
 def _update_sizes(arch, theta, grads_fn, steps, num_steps=100):
     tx = learned_opt.to_optax(arch, theta, num_steps=num_steps)
-    step, state, out = _stepper(arch, num_steps), tx.init(PARAMS), []
+    step, state, out = jax.jit(tx.update), tx.init(PARAMS), []
     for t in range(steps):
-        u, state = step(theta, grads_fn(t), state, PARAMS)
+        u, state = step(grads_fn(t), state, PARAMS)
         out.append({k: float(jnp.sqrt(jnp.mean(v**2))) for k, v in u.items()})
     return out
 
