@@ -313,25 +313,11 @@ class MLPLOpt:
 
     def init_controller(self, key: jax.Array) -> dict:
         """The per-tensor controller's weights; its output layer starts at 0 (no change)."""
-        n_in, hidden = len(self.controller_features()), self.controller_hidden
-        k = jax.random.fold_in(key, 0xC7A1)
-        return {
-            "w": jax.random.normal(k, (n_in, hidden), jnp.float32) / math.sqrt(n_in),
-            "b": jnp.zeros((hidden,), jnp.float32),
-            "w_out": jnp.zeros((hidden,), jnp.float32),
-            "b_out": jnp.zeros((), jnp.float32),
-        }
+        return _init_log_step_head(jax.random.fold_in(key, 0xC7A1), len(self.controller_features()), self.controller_hidden)
 
     def init_schedule(self, key: jax.Array) -> dict:
         """The schedule MLP's weights; its output layer starts at 0 (no change to log_step)."""
-        n_in, hidden = self.num_schedule_features, self.schedule_hidden
-        k = jax.random.fold_in(key, 0x5CED)
-        return {
-            "w": jax.random.normal(k, (n_in, hidden), jnp.float32) / math.sqrt(n_in),
-            "b": jnp.zeros((hidden,), jnp.float32),
-            "w_out": jnp.zeros((hidden,), jnp.float32),
-            "b_out": jnp.zeros((), jnp.float32),
-        }
+        return _init_log_step_head(jax.random.fold_in(key, 0x5CED), self.num_schedule_features, self.schedule_hidden)
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -420,9 +406,7 @@ class MLPLOpt:
         feats = [feat_lib.fraction_features(count, num_steps, self.fraction_offsets)]
         if loss_rel is not None:
             feats.append(loss_rel)
-        sched = theta["schedule"]
-        h = jnp.tanh(jnp.concatenate(feats) @ sched["w"] + sched["b"])
-        log_mult = h @ sched["w_out"] + sched["b_out"]
+        log_mult = _log_step_head(theta["schedule"], jnp.concatenate(feats))
         if self.schedule_decay is not None:
             log_mult = log_mult + jnp.maximum(theta["schedule_decay"], 0.0) * feat_lib.log_remaining_fraction(
                 count, num_steps
@@ -449,9 +433,7 @@ class MLPLOpt:
         first, n_m = self._first_ratio_feature_index(), len(self.momentum_decays)
         log_rms_M = 0.5 * jnp.log(ms_E[first : first + n_m] + 1e-12)
         is_vector = jnp.full((1,), 1.0 if len(shape) <= 1 else 0.0, jnp.float32)
-        c = theta["controller"]
-        h = jnp.tanh(jnp.concatenate([ctrl_glob, log_rms_M, is_vector]) @ c["w"] + c["b"])
-        return h @ c["w_out"] + c["b_out"]
+        return _log_step_head(theta["controller"], jnp.concatenate([ctrl_glob, log_rms_M, is_vector]))
 
     def _update_leaf(self, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role):
         if self.impl == "native" and p.dtype in (jnp.float32, jnp.bfloat16) and g.dtype in (jnp.float32, jnp.bfloat16):
@@ -606,3 +588,19 @@ class MLPLOpt:
         out_Nx2 = h @ layers[-1]["w"] + layers[-1]["b"]
         direction_N = out_Nx2[:, 0] + feat_NxF @ theta["skip"]
         return direction_N, out_Nx2[:, 1]
+
+
+def _init_log_step_head(key: jax.Array, n_in: int, hidden: int) -> dict:
+    """A one-hidden-layer tanh MLP giving a log step term (the schedule, the controller); its
+    output layer starts at 0, so it changes nothing until meta-trained."""
+    return {
+        "w": jax.random.normal(key, (n_in, hidden), jnp.float32) / math.sqrt(n_in),
+        "b": jnp.zeros((hidden,), jnp.float32),
+        "w_out": jnp.zeros((hidden,), jnp.float32),
+        "b_out": jnp.zeros((), jnp.float32),
+    }
+
+
+def _log_step_head(head: dict, x_I: jax.Array) -> jax.Array:
+    """The log step term of `_init_log_step_head`'s MLP at inputs x_I."""
+    return jnp.tanh(x_I @ head["w"] + head["b"]) @ head["w_out"] + head["b_out"]

@@ -80,12 +80,17 @@ class LocalWorker:
         if redraw_every and pool_for_round is None:
             raise ValueError(f"LocalWorker(redraw_every={redraw_every}) needs pool_for_round.")
         self.estimator = estimator
-        self.pool = pool
         self.round = 0
         self._theta, self._key = theta, key
         self._redraw_every, self._pool_for_round = redraw_every, pool_for_round
-        self._estimate = jax.jit(estimator.estimate, donate_argnums=(2,))
-        self.states = jax.jit(estimator.init_states)(theta, pool, key)
+        self._start(pool, key)
+
+    def _start(self, pool: Any, key: jax.Array) -> None:
+        """`pool` and fresh unroll states; a new jit object, so the executables of an earlier
+        round's shapes are released, not cached forever."""
+        self.pool = pool
+        self._estimate = jax.jit(self.estimator.estimate, donate_argnums=(2,))
+        self.states = jax.jit(self.estimator.init_states)(self._theta, pool, key)
 
     def compute(self, theta: Any, key: jax.Array, version: int = 0) -> tuple[Any, dict[str, jax.Array]]:
         if self._redraw_every:
@@ -99,11 +104,7 @@ class LocalWorker:
             return
         if self._pool_for_round is None:
             raise ValueError(f"set_round({round}): this worker has no pool_for_round (tasks.redraw_every = 0).")
-        self.pool = self._pool_for_round(round)
-        key = jax.random.fold_in(self._key, round) if round else self._key
-        # A new jit object: the executables of the old shapes are released, not cached forever.
-        self._estimate = jax.jit(self.estimator.estimate, donate_argnums=(2,))
-        self.states = jax.jit(self.estimator.init_states)(self._theta, self.pool, key)
+        self._start(self._pool_for_round(round), jax.random.fold_in(self._key, round) if round else self._key)
         self.round = round
 
     def warm_up(self, theta: Any, key: jax.Array) -> None:
