@@ -15,6 +15,8 @@ a tiny MLP, once per tensor per step, of where training is (t / T and log T) and
 consistent that tensor's gradients are (the RMS of m / sqrt(v) at each momentum decay: near 1
 while gradients agree, near sqrt((1 - beta) / (1 + beta)) once they are noise). A schedule of
 t / T alone sets one level for every task and tensor; tuned learning rates differ per task.
+`controller_linear` is the few-number version: a linear function of log T, those consistency
+features and is_vector (step x RMS(m / sqrt(v))^a per decay), cheap for the outer loop to fit.
 
 Features (each divided by its RMS over the tensor, estimated on a strided grid of at most
 `normalizer_samples` elements; `feature_names()` lists them in order):
@@ -101,6 +103,10 @@ class MLPLOpt:
         controller (module docstring; `controller_features()` lists its inputs). Its output
         layer starts at 0: added to a trained theta, it changes nothing until meta-trained.
         Needs fraction_offsets (it reads the fraction of training).
+    controller_linear: a linear per-tensor controller instead (controller_hidden stays 0): its
+        term is w . [log T, log RMS(m_k / sqrt(v)) per momentum decay, is_vector] + b, zero at
+        start. One number per input: where an MLP controller's ~130 numbers leave each
+        coordinate of an antithetic meta-gradient estimate mostly noise, these few are fitted.
     normalizer_samples: a tensor's feature normalizers (RMS over the tensor) are estimated on a
         strided grid of at most this many of its elements, exact where the grid is not
         representative (learned_opt.normalizers); 0 uses every element. Tensors up to this
@@ -130,6 +136,7 @@ class MLPLOpt:
     schedule_hidden: int = 8
     schedule_decay: float | None = None
     controller_hidden: int = 0
+    controller_linear: bool = False
 
     def __post_init__(self):
         # Accept lists (from JSON / YAML) but store tuples so the dataclass stays hashable.
@@ -202,9 +209,18 @@ class MLPLOpt:
                 f"MLPLOpt.controller_hidden={self.controller_hidden!r}: expected an int >= 0 (0: no "
                 "per-tensor controller)."
             )
-        if self.controller_hidden and not self.fraction_offsets:
+        if not isinstance(self.controller_linear, bool):
+            raise ValueError(f"MLPLOpt.controller_linear={self.controller_linear!r}: expected true or false.")
+        if self.controller_linear and self.controller_hidden:
             raise ValueError(
-                f"MLPLOpt(controller_hidden={self.controller_hidden}) reads the fraction of training: "
+                f"MLPLOpt(controller_linear=True, controller_hidden={self.controller_hidden}): choose one "
+                "per-tensor controller, the linear one (controller_hidden=0) or the MLP one "
+                "(controller_linear=False)."
+            )
+        if self.has_controller and not self.fraction_offsets:
+            which = "controller_linear=True" if self.controller_linear else f"controller_hidden={self.controller_hidden}"
+            raise ValueError(
+                f"MLPLOpt({which}) reads the fraction of training and its length: "
                 "give it fraction_offsets too, e.g. [0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1]."
             )
         if not isinstance(self.schedule_hidden, int) or self.schedule_hidden < 1:
@@ -245,12 +261,18 @@ class MLPLOpt:
             return 0
         return len(self.fraction_offsets) + (len(self.loss_decays) if self.loss_features else 0)
 
+    @property
+    def has_controller(self) -> bool:
+        """Whether a per-tensor controller (MLP or linear) adds to each tensor's log step."""
+        return bool(self.controller_hidden) or self.controller_linear
+
     def controller_features(self) -> list[str]:
         """Inputs of the per-tensor controller, in order (empty without one)."""
-        if not self.controller_hidden:
+        if not self.has_controller:
             return []
+        fractions = [] if self.controller_linear else [f"frac{x:g}" for x in self.fraction_offsets]
         return (
-            [f"frac{x:g}" for x in self.fraction_offsets]
+            fractions
             + ["log_horizon"]
             + [f"log_rms_m{d}*rsqrt_v" for d in self.momentum_decays]
             + ["is_vector"]
@@ -307,12 +329,15 @@ class MLPLOpt:
         if self.schedule_decay is not None:
             # The power of a polynomial decay to the end, (remaining fraction)^power.
             theta["schedule_decay"] = jnp.asarray(self.schedule_decay, jnp.float32)
-        if self.controller_hidden:
+        if self.has_controller:
             theta["controller"] = self.init_controller(keys[-1])
         return theta
 
     def init_controller(self, key: jax.Array) -> dict:
         """The per-tensor controller's weights; its output layer starts at 0 (no change)."""
+        if self.controller_linear:
+            n_in = len(self.controller_features())
+            return {"w_out": jnp.zeros((n_in,), jnp.float32), "b_out": jnp.zeros((), jnp.float32)}
         return _init_log_step_head(jax.random.fold_in(key, 0xC7A1), len(self.controller_features()), self.controller_hidden)
 
     def init_schedule(self, key: jax.Array) -> dict:
@@ -414,12 +439,15 @@ class MLPLOpt:
         return log_mult
 
     def _controller_globals(self, count, num_steps):
-        """The controller's inputs shared by every tensor: fraction features and log T (None
-        without a controller). log T is centred on 600 steps, halved: O(1) for 100-4000 steps."""
-        if not self.controller_hidden:
+        """The controller's inputs shared by every tensor: fraction features (not for the linear
+        one) and log T (None without a controller). log T is centred on 600 steps, halved: O(1)
+        for 100-4000 steps."""
+        if not self.has_controller:
             return None
-        frac_X = feat_lib.fraction_features(count, num_steps, self.fraction_offsets)
         log_horizon = 0.5 * jnp.log(jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0) / 600.0)
+        if self.controller_linear:
+            return log_horizon[None]
+        frac_X = feat_lib.fraction_features(count, num_steps, self.fraction_offsets)
         return jnp.concatenate([frac_X, log_horizon[None]])
 
     def _tensor_log_step(self, theta, ctrl_glob, ms_E, shape):
@@ -602,5 +630,8 @@ def _init_log_step_head(key: jax.Array, n_in: int, hidden: int) -> dict:
 
 
 def _log_step_head(head: dict, x_I: jax.Array) -> jax.Array:
-    """The log step term of `_init_log_step_head`'s MLP at inputs x_I."""
+    """The log step term of `_init_log_step_head`'s MLP at inputs x_I (linear in x_I for a
+    head without a hidden layer: the linear controller)."""
+    if "w" not in head:
+        return x_I @ head["w_out"] + head["b_out"]
     return jnp.tanh(x_I @ head["w"] + head["b"]) @ head["w_out"] + head["b_out"]

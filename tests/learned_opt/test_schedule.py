@@ -169,3 +169,36 @@ def test_controller_config_errors():
         dataclasses.replace(ARCH, controller_hidden=-1)
     with pytest.raises(ValueError, match="schedule_decay=-1.0: expected a finite power >= 0"):
         dataclasses.replace(ARCH, schedule_decay=-1.0)
+    with pytest.raises(ValueError, match="controller_linear=True\\) reads the fraction of training"):
+        dataclasses.replace(learned_opt.ARCHITECTURES["mlp_small"], controller_linear=True)
+    with pytest.raises(ValueError, match="choose one per-tensor controller"):
+        dataclasses.replace(CTRL, controller_linear=True)
+    with pytest.raises(ValueError, match="controller_linear=1: expected true or false"):
+        dataclasses.replace(ARCH, controller_linear=1)
+
+
+LINEAR = dataclasses.replace(ARCH, controller_linear=True, accumulator_dtype="float32")
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "native"])
+def test_linear_controller_is_a_power_of_the_consistency_and_the_horizon(impl):
+    """The linear controller starts as a no-op (w = 0, b = 0: v2 warm-starts exactly). With
+    weight a on log RMS(m_0.99 / sqrt(v)) and c on log T, a constant gradient's step is
+    multiplied by ((1 - 0.99^t) / sqrt(1 - 0.999^t))^a x (T / 600)^(c / 2), in every tensor."""
+    arch = dataclasses.replace(LINEAR, impl=impl)
+    assert arch.controller_features() == ["log_horizon", "log_rms_m0.5*rsqrt_v", "log_rms_m0.9*rsqrt_v",
+                                          "log_rms_m0.99*rsqrt_v", "is_vector"]
+    base = arch.init_theta(jax.random.key(0))
+    without = dataclasses.replace(arch, controller_linear=False)
+    no_ctrl = {k: v for k, v in base.items() if k != "controller"}
+    steps, grads = 4, {"w": PARAMS["w"], "b": jnp.linspace(0.5, 1.5, 5)}
+    const = lambda t: grads  # noqa: E731
+    ref = _update_sizes(arch, base, const, steps, num_steps=6000)
+    assert ref == _update_sizes(without, no_ctrl, const, steps, num_steps=6000)
+    w = jnp.zeros(5).at[0].set(1.0).at[3].set(2.0)
+    theta = {**base, "controller": {"w_out": w, "b_out": jnp.asarray(0.0)}}
+    got = _update_sizes(arch, theta, const, steps, num_steps=6000)
+    t = np.arange(1, steps + 1)
+    want = ((1 - 0.99**t) / np.sqrt(1 - 0.999**t)) ** 2 * np.sqrt(10.0)
+    for name in ("w", "b"):
+        np.testing.assert_allclose([g[name] / r[name] for g, r in zip(got, ref)], want, rtol=1e-3)
