@@ -35,7 +35,9 @@ Two implementations of the network share everything else (state, theta, features
 "reference" stacks each tensor's features and uses matmuls (clear; the one others are tested
 against; the right choice for large hidden sizes and on matrix units), "fused"
 (learned_opt.fused) evaluates it elementwise without materializing features (several times
-faster on CPU for the small networks it accepts; benchmarks/step_time.py).
+faster on CPU for the small networks it accepts; benchmarks/step_time.py). A third, "native",
+runs the per-element work as one C++ loop per tensor (learned_opt.native; its per-tensor glue
+is learned_opt.mlp_native_step).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import jax.numpy as jnp
 
 from learned_opt import accumulators as acc_lib
 from learned_opt import features as feat_lib
-from learned_opt import fused, mup, native
+from learned_opt import fused, mlp_native_step, mup
 from learned_opt import normalizers as norm_lib
 from learned_opt.tree_util import matrix_shape
 
@@ -465,7 +467,7 @@ class MLPLOpt:
 
     def _update_leaf(self, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role):
         if self.impl == "native" and p.dtype in (jnp.float32, jnp.bfloat16) and g.dtype in (jnp.float32, jnp.bfloat16):
-            return self._update_leaf_native(theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role)
+            return mlp_native_step.update_leaf(self, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role)
         shape = tuple(jnp.shape(p))
         rows, cols = matrix_shape(shape)
         g_RxC = jnp.clip(g.astype(jnp.float32), -feat_lib.GRAD_CLIP, feat_lib.GRAD_CLIP).reshape(rows, cols)
@@ -507,78 +509,6 @@ class MLPLOpt:
         log_step = log_step + self._tensor_log_step(theta, ctrl_glob, ms_E, shape)
         step = direction * jnp.exp(self.exp_mult * log_mag + log_step) * (self.step_mult * scale)
         return step.reshape(shape).astype(p.dtype), acc
-
-    def _update_leaf_native(self, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role):
-        """The same step with the per-element work in one native loop (learned_opt.native).
-
-        Here only per-tensor, per-row and per-column quantities are computed: Adafactor's
-        row/column statistics, the normalizers (from a native pass over the grid's rows), and
-        the first layer with the normalizers and row/column features folded in.
-        """
-        shape = tuple(jnp.shape(p))
-        rows, cols = matrix_shape(shape)
-        dtype = acc.rms_RxC.dtype
-        a_decays = jnp.asarray(self.adafactor_decays, jnp.float32)
-        spec = native.KernelSpec(len(self.momentum_decays), len(self.adafactor_decays), self.hidden_sizes)
-        g2_row_R, g2_col_C = native.square_means(spec, g.reshape(rows, cols))
-        row_AxR = acc_lib.ema(acc.row_AxR.astype(jnp.float32), g2_row_R[None], a_decays).astype(dtype)
-        col_AxC = acc_lib.ema(acc.col_AxC.astype(jnp.float32), g2_col_C[None], a_decays).astype(dtype)
-        # Elementwise accumulators as before the step, row/column ones after it.
-        acc_rc = acc._replace(row_AxR=row_AxR, col_AxC=col_AxC)
-        row_mean_Ax1 = jnp.mean(row_AxR.astype(jnp.float32), axis=1, keepdims=True)
-        col_mean_Ax1 = jnp.mean(col_AxC.astype(jnp.float32), axis=1, keepdims=True)
-
-        eps = feat_lib.RSQRT_EPS
-
-        def statistics(p_RxC, g_RxC, acc_rc, row_stride, col_stride):
-            """Over a grid of the tensor: mean second moment, mean squares of the features."""
-            srow_AxR = jax.lax.rsqrt(acc_rc.row_AxR.astype(jnp.float32) + eps) * jnp.sqrt(row_mean_Ax1 + eps)
-            scol_AxC = jax.lax.rsqrt(acc_rc.col_AxC.astype(jnp.float32) + eps)
-            m_MxRxC, v_RxC = acc_rc.momentum_MxRxC, acc_rc.rms_RxC
-            if col_stride > 1:  # rows longer than the grid: columns sliced here, rows by the kernel
-                p_RxC, g_RxC, v_RxC = (x[:, ::col_stride] for x in (p_RxC, g_RxC, v_RxC))
-                m_MxRxC, scol_AxC = m_MxRxC[..., ::col_stride], scol_AxC[:, ::col_stride]
-            # The cap slot is a multiplier here: the kernel caps at RSQRT_CAP * rsqrt(mean v).
-            scal = native.pack_scalars(self.momentum_decays, self.rms_decay, feat_lib.RSQRT_CAP, 0.0, jnp.float32(0.0))
-            return native.grid_statistics(spec, p_RxC, g_RxC, m_MxRxC, v_RxC, srow_AxR, scol_AxC, scal, row_stride)
-
-        sr, sc = norm_lib.normalizer_strides(rows, cols, self.normalizer_samples)
-        rms_mean, ms_E = norm_lib.grid_or_exact(
-            statistics, (p.reshape(rows, cols), g.reshape(rows, cols), acc_rc), sr, sc, g2_row_means=g2_row_R, strided=True
-        )
-        rsqrt_row_AxR = jax.lax.rsqrt(row_AxR.astype(jnp.float32) + eps)
-        rsqrt_col_AxC = jax.lax.rsqrt(col_AxC.astype(jnp.float32) + eps)
-        rows_KxR = feat_lib.capped_rsqrt(rsqrt_row_AxR, row_mean_Ax1)
-        cols_KxC = feat_lib.capped_rsqrt(rsqrt_col_AxC, col_mean_Ax1)
-        inv_T = jnp.concatenate(
-            [self._elementwise_inverse_rms(ms_E), norm_lib.inverse_rms(rows_KxR.T), norm_lib.inverse_rms(cols_KxC.T)]
-        )
-        layers = theta["mlp"]
-        n_e, n_a = len(ms_E), len(self.adafactor_decays)
-        w_TxO = jnp.concatenate([layers[0]["w"][: inv_T.shape[0]], theta["skip"][:, None]], axis=1) * inv_T[:, None]
-        bias_O = jnp.concatenate([first_bias_H, jnp.zeros((1,), jnp.float32)])
-        row_bias_OxR = w_TxO[n_e : n_e + n_a].T @ rows_KxR + bias_O[:, None]
-        col_bias_OxC = w_TxO[n_e + n_a :].T @ cols_KxC
-        scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
-        log_step = log_step + self._tensor_log_step(theta, ctrl_glob, ms_E, shape)
-        out_scale = jnp.exp(log_step) * (self.step_mult * scale)
-        v_cap = feat_lib.RSQRT_CAP * jax.lax.rsqrt(rms_mean + eps)
-        upd_RxC, m_MxRxC, v_RxC = native.step(
-            spec,
-            p.reshape(rows, cols),
-            g.reshape(rows, cols),
-            acc.momentum_MxRxC,
-            acc.rms_RxC,
-            w_TxO[:n_e],
-            row_bias_OxR,
-            col_bias_OxC,
-            rsqrt_row_AxR * jnp.sqrt(row_mean_Ax1 + eps),
-            rsqrt_col_AxC,
-            native.pack_rest(layers[1:]),
-            native.pack_scalars(self.momentum_decays, self.rms_decay, v_cap, self.exp_mult, out_scale),
-        )
-        new_acc = acc_lib.LeafAccumulators(m_MxRxC, v_RxC, row_AxR, col_AxC)
-        return upd_RxC.reshape(shape), new_acc
 
     def _tensor_features(
         self, p_RxC, g_RxC, acc: acc_lib.LeafAccumulators, scales: feat_lib.FeatureScales

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import learned_opt
-from learned_opt import native
+from learned_opt import native, native_build
 from tests.learned_opt.conftest import mixed_params
 from tests.learned_opt.test_fused import BASE, _random_theta, _run
 
@@ -179,7 +179,7 @@ while [ $# -gt 1 ]; do if [ "$1" = "-o" ]; then echo not-a-library > "$2"; fi; s
 def fresh(monkeypatch, tmp_path):
     """No build attempted yet in this process, an empty cache dir, and a fake compiler as $CXX:
     returns a function reading the fake compiler's invocations."""
-    monkeypatch.setattr(native, "_TARGETS", {})
+    monkeypatch.setattr(native_build, "_TARGETS", {})
     monkeypatch.setenv("LEARNED_OPT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("LEARNED_OPT_NATIVE", raising=False)
     cc = tmp_path / "fake-cc"
@@ -221,10 +221,10 @@ def test_failed_compile_warns_once_with_the_compilers_error(fresh, monkeypatch):
 
 
 def test_cache_key_includes_the_compiler_version(fresh, monkeypatch):
-    first = native._build(SPEC)
-    assert native._build(SPEC) == first  # cached
+    first = native_build._build(SPEC)
+    assert native_build._build(SPEC) == first  # cached
     monkeypatch.setenv("FAKE_CC_VERSION", "2.0")  # same path, upgraded compiler
-    assert native._build(SPEC) != first
+    assert native_build._build(SPEC) != first
     assert fresh().count("compile") == 2
 
 
@@ -235,7 +235,7 @@ def test_concurrent_builds_compile_once(fresh, monkeypatch):
 
     def build():
         start.wait()
-        paths.append(native._build(SPEC))
+        paths.append(native_build._build(SPEC))
 
     threads = [threading.Thread(target=build) for _ in range(2)]
     for t in threads:
@@ -250,8 +250,8 @@ def test_concurrent_builds_compile_once(fresh, monkeypatch):
     "backend, machine", [("gpu", "x86_64"), ("tpu", "x86_64"), ("cpu", "aarch64"), ("cpu", "arm64")]
 )
 def test_no_compile_off_x86_cpu(fresh, monkeypatch, backend, machine):
-    monkeypatch.setattr(native.jax, "default_backend", lambda: backend)
-    monkeypatch.setattr(native.platform, "machine", lambda: machine)
+    monkeypatch.setattr(native_build.jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(native_build.platform, "machine", lambda: machine)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an expected fallback: silent
         assert not native.available(SPEC)
