@@ -79,15 +79,25 @@ def network(theta, first_bias_H: jax.Array, feats: feat_lib.TensorFeatures, inv_
     bias_O = jnp.concatenate([first_bias_H, jnp.zeros((1,), first_bias_H.dtype)])
     row_bias_OxR = w_TxO[n_e : n_e + n_r].T @ feats.rows_KxR + bias_O[:, None]
     col_bias_OxC = w_TxO[n_e + n_r :].T @ feats.cols_KxC
+    return elementwise_mlp(feats.elementwise, w_TxO[:n_e], row_bias_OxR, col_bias_OxC, layers[1:])
+
+
+def elementwise_mlp(feats_E, w_ExO, row_bias_OxR, col_bias_OxC, layers) -> tuple[jax.Array, jax.Array]:
+    """(direction, log_magnitude) of every element from its E (R, C) features: the per-element
+    network in XLA, written once for the fused step and the native kernel's XLA form.
+
+    w_ExO: the first layer's weights on the elementwise features (normalizers folded in) with
+    the linear skip as its last column; row_bias_OxR / col_bias_OxC: everything else of the
+    first layer, per row and per column; layers: the later layers ({"w": (I, O), "b": (O,)}),
+    the last giving (direction, log magnitude). The skip's output is added to the direction.
+    """
     pre = [
-        sum(f * w_TxO[e, o] for e, f in enumerate(feats.elementwise))
-        + row_bias_OxR[o][:, None]
-        + col_bias_OxC[o][None, :]
-        for o in range(w_TxO.shape[1])
+        sum(f * w_ExO[e, o] for e, f in enumerate(feats_E)) + row_bias_OxR[o][:, None] + col_bias_OxC[o][None, :]
+        for o in range(w_ExO.shape[1])
     ]
     *pre_hidden, skip = pre
     h = [jax.nn.relu(v) for v in pre_hidden]
-    for layer in layers[1:-1]:
+    for layer in layers[:-1]:
         h = [jax.nn.relu(v) for v in _dense(h, layer["w"], layer["b"])]
     direction, log_mag = _dense(h, layers[-1]["w"], layers[-1]["b"])
     return direction + skip, log_mag

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from learned_opt import features as feat_lib
-from learned_opt import native_build
+from learned_opt import fused, native_build
 from learned_opt.native_build import KernelSpec, available
 
 __all__ = ["KernelSpec", "available", "grid_statistics", "kernel_reference", "pack_rest", "pack_scalars",
@@ -38,6 +38,16 @@ def pack_rest(layers: list[dict]) -> jax.Array:
     """The layers after the first (hidden ones, then the output) as one f32 vector, each
     layer's (in, out) weights row-major followed by its bias: the kernel's `rest` layout."""
     return jnp.concatenate([jnp.concatenate([l["w"].reshape(-1), l["b"]]) for l in layers])
+
+
+def unpack_rest(spec: KernelSpec, rest: jax.Array) -> list[dict]:
+    """`pack_rest`'s layers back from its vector."""
+    layers, offset, width = [], 0, spec.hidden_sizes[0]
+    for n_out in (*spec.hidden_sizes[1:], 2):
+        w = rest[offset : offset + width * n_out].reshape(width, n_out)
+        layers.append({"w": w, "b": rest[offset + width * n_out : offset + width * n_out + n_out]})
+        offset, width = offset + width * n_out + n_out, n_out
+    return layers
 
 
 def pack_scalars(momentum_decays, rms_decay: float, v_cap, exp_mult: float, out_scale) -> jax.Array:
@@ -77,22 +87,10 @@ def kernel_reference(spec: KernelSpec, p, g, m, v, w0, rowb, colb, srow, scol, r
     p, g: (R, C); m: (NM, R, C) and v: (R, C) accumulators; w0: (E, O); rowb: (O, R);
     colb: (O, C); srow: (NA, R); scol: (NA, C); rest, scal: see pack_rest / pack_scalars.
     """
-    nm, hid = spec.n_momenta, spec.hidden_sizes
+    nm = spec.n_momenta
     feats, m_new, v_new = _reference_features(spec, p, g, m, v, srow, scol, scal)
-    pre = [
-        rowb[o][:, None] + colb[o][None, :] + sum(f * w0[e, o] for e, f in enumerate(feats))
-        for o in range(spec.num_outputs)
-    ]
-    h = [jax.nn.relu(x) for x in pre[: hid[0]]]
-    offset, width = 0, hid[0]
-    for n_out in (*hid[1:], 2):
-        w = rest[offset : offset + width * n_out].reshape(width, n_out)
-        b = rest[offset + width * n_out : offset + width * n_out + n_out]
-        out = [sum(h[q] * w[q, j] for q in range(width)) + b[j] for j in range(n_out)]
-        h = out if n_out == 2 else [jax.nn.relu(x) for x in out]
-        offset, width = offset + width * n_out + n_out, n_out
-    direction, log_mag = h
-    update = (direction + pre[-1]) * jnp.exp(log_mag * scal[2 * nm + 3]) * scal[2 * nm + 4]
+    direction, log_mag = fused.elementwise_mlp(feats, w0, rowb, colb, unpack_rest(spec, rest))
+    update = direction * jnp.exp(log_mag * scal[2 * nm + 3]) * scal[2 * nm + 4]
     return update.astype(p.dtype), m_new, v_new
 
 
