@@ -109,6 +109,10 @@ class MLPLOpt:
         term is w . [log T, log RMS(m_k / sqrt(v)) per momentum decay, is_vector] + b, zero at
         start. One number per input: where an MLP controller's ~130 numbers leave each
         coordinate of an antithetic meta-gradient estimate mostly noise, these few are fitted.
+    controller_decay_terms: the linear controller also reads log((T - t) / T) x log RMS(m_k /
+        sqrt(v)) per momentum decay: a per-tensor change of the decay power, so the step can
+        decay where gradients are noise and hold where they still agree (memorizing tasks,
+        whose gradients have no noise floor, lose to decaying schedules).
     normalizer_samples: a tensor's feature normalizers (RMS over the tensor) are estimated on a
         strided grid of at most this many of its elements, exact where the grid is not
         representative (learned_opt.normalizers); 0 uses every element. Tensors up to this
@@ -139,6 +143,7 @@ class MLPLOpt:
     schedule_decay: float | None = None
     controller_hidden: int = 0
     controller_linear: bool = False
+    controller_decay_terms: bool = False
 
     def __post_init__(self):
         # Accept lists (from JSON / YAML) but store tuples so the dataclass stays hashable.
@@ -213,6 +218,13 @@ class MLPLOpt:
             )
         if not isinstance(self.controller_linear, bool):
             raise ValueError(f"MLPLOpt.controller_linear={self.controller_linear!r}: expected true or false.")
+        if not isinstance(self.controller_decay_terms, bool):
+            raise ValueError(f"MLPLOpt.controller_decay_terms={self.controller_decay_terms!r}: expected true or false.")
+        if self.controller_decay_terms and not self.controller_linear:
+            raise ValueError(
+                "MLPLOpt(controller_decay_terms=True) adds inputs to the linear per-tensor controller: "
+                "set controller_linear=True too."
+            )
         if self.controller_linear and self.controller_hidden:
             raise ValueError(
                 f"MLPLOpt(controller_linear=True, controller_hidden={self.controller_hidden}): choose one "
@@ -278,6 +290,7 @@ class MLPLOpt:
             + ["log_horizon"]
             + [f"log_rms_m{d}*rsqrt_v" for d in self.momentum_decays]
             + ["is_vector"]
+            + ([f"log_remaining*log_rms_m{d}*rsqrt_v" for d in self.momentum_decays] if self.controller_decay_terms else [])
         )
 
     @property
@@ -448,6 +461,8 @@ class MLPLOpt:
             return None
         log_horizon = 0.5 * jnp.log(jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0) / 600.0)
         if self.controller_linear:
+            if self.controller_decay_terms:
+                return jnp.stack([log_horizon, feat_lib.log_remaining_fraction(count, num_steps)])
             return log_horizon[None]
         frac_X = feat_lib.fraction_features(count, num_steps, self.fraction_offsets)
         return jnp.concatenate([frac_X, log_horizon[None]])
@@ -463,6 +478,9 @@ class MLPLOpt:
         first, n_m = self._first_ratio_feature_index(), len(self.momentum_decays)
         log_rms_M = 0.5 * jnp.log(ms_E[first : first + n_m] + 1e-12)
         is_vector = jnp.full((1,), 1.0 if len(shape) <= 1 else 0.0, jnp.float32)
+        if self.controller_decay_terms:  # ctrl_glob = [log T, log remaining fraction]
+            x = [ctrl_glob[:1], log_rms_M, is_vector, ctrl_glob[1] * log_rms_M]
+            return _log_step_head(theta["controller"], jnp.concatenate(x))
         return _log_step_head(theta["controller"], jnp.concatenate([ctrl_glob, log_rms_M, is_vector]))
 
     def _update_leaf(self, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role):

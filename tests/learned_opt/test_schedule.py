@@ -202,3 +202,24 @@ def test_linear_controller_is_a_power_of_the_consistency_and_the_horizon(impl):
     want = ((1 - 0.99**t) / np.sqrt(1 - 0.999**t)) ** 2 * np.sqrt(10.0)
     for name in ("w", "b"):
         np.testing.assert_allclose([g[name] / r[name] for g, r in zip(got, ref)], want, rtol=1e-3)
+
+
+def test_linear_controller_decay_terms_change_the_decay_power_per_tensor():
+    """With weight c on log((T - t) / T) x log RMS(m_0.99 / sqrt(v)), the step is multiplied by
+    ((T - t) / T)^(c x log RMS): more decay where gradients are noise (c < 0, log RMS < 0)."""
+    arch = dataclasses.replace(LINEAR, controller_decay_terms=True)
+    names = arch.controller_features()
+    assert names[5:] == [f"log_remaining*log_rms_m{d}*rsqrt_v" for d in (0.5, 0.9, 0.99)]
+    base = arch.init_theta(jax.random.key(0))
+    steps, T, grads = 4, 8, {"w": PARAMS["w"], "b": jnp.linspace(0.5, 1.5, 5)}
+    const = lambda t: grads  # noqa: E731
+    ref = _update_sizes(arch, base, const, steps, num_steps=T)
+    w = jnp.zeros(len(names)).at[names.index("log_remaining*log_rms_m0.99*rsqrt_v")].set(-1.0)
+    got = _update_sizes(arch, {**base, "controller": {"w_out": w, "b_out": jnp.asarray(0.0)}}, const, steps, num_steps=T)
+    t = np.arange(steps)  # the count before each step
+    log_rms = np.log((1 - 0.99 ** (t + 1)) / np.sqrt(1 - 0.999 ** (t + 1)))
+    want = np.exp(-np.log((T - t) / T) * log_rms)
+    np.testing.assert_allclose([g["w"] / r["w"] for g, r in zip(got, ref)], want, rtol=1e-3)
+    with pytest.raises(ValueError, match="set controller_linear=True too"):
+        dataclasses.replace(ARCH, controller_decay_terms=True)
+
