@@ -71,12 +71,13 @@ def _run_meta_train(args) -> int:
 def _check_data(config) -> None:
     """The recipe's datasets, prepared and readable, before anything compiles (one-line errors:
     an unwritable data dir, a damaged cache)."""
-    from meta_train.families import make_family
+    from meta_train.families import leaf_families, make_family
     from tasks.data.loading import check_dataset
 
     family = make_family(config.tasks.family, config.tasks.kwargs)
-    for name in dict.fromkeys(getattr(family, "datasets", ())):
-        check_dataset(name, getattr(family, "data_dir", None))
+    for member in leaf_families(family):
+        for name in dict.fromkeys(getattr(member, "datasets", ())):
+            check_dataset(name, getattr(member, "data_dir", None))
 
 
 def _interrupted(args, workdir: str) -> str:

@@ -1,6 +1,14 @@
 """Task families by name, for recipes: `tasks.family: quadratic` etc. A plain dict of factories.
 
 Each factory takes the recipe's `tasks.kwargs` and returns a `tasks.base.TaskFamily`.
+`mixture` takes `members`, a list of {family, kwargs, weight} (weight 1 when left out), e.g.
+
+    tasks:
+      family: mixture
+      kwargs:
+        members:
+          - {family: mlp, weight: 3, kwargs: {widths: [32, 64]}}
+          - {family: cnn, weight: 1}
 """
 
 from __future__ import annotations
@@ -33,11 +41,40 @@ def _from_tasks_package(name: str) -> Callable[..., Any]:
     return factory
 
 
+def _mixture(members=None, **extra):
+    if extra:
+        raise ValueError(f"tasks.kwargs for family 'mixture' take only `members`; got {sorted(extra)}.")
+    if not members:
+        raise ValueError("tasks.kwargs.members is empty: a mixture needs a list of "
+                         "{family: NAME, kwargs: {...}, weight: W} entries.")
+    families, weights = [], []
+    for i, entry in enumerate(members):
+        entry = dict(entry)
+        unknown = sorted(set(entry) - {"family", "kwargs", "weight"})
+        if "family" not in entry or unknown:
+            raise ValueError(f"tasks.kwargs.members[{i}]={entry!r}: expected keys family "
+                             f"(required), kwargs and weight; unknown {unknown}.")
+        if entry["family"] == "mixture":
+            raise ValueError(f"tasks.kwargs.members[{i}] is a mixture; nest families one level only.")
+        families.append(make_family(entry["family"], dict(entry.get("kwargs") or {})))
+        weights.append(float(entry.get("weight", 1.0)))
+    from tasks.families import MixtureFamily
+
+    return MixtureFamily(members=tuple(families), weights=tuple(weights))
+
+
 TASK_FAMILIES: dict[str, Callable[..., Any]] = {
     "quadratic": QuadraticFamily,
     "meta_train_small": _from_tasks_package("meta_train_small"),
     "mlp": _from_tasks_package("MLPFamily"),
+    "cnn": _from_tasks_package("CNNFamily"),
+    "mixture": _mixture,
 }
+
+
+def leaf_families(family) -> tuple[Any, ...]:
+    """The families that draw tasks: a mixture's members, or the family itself."""
+    return tuple(getattr(family, "members", (family,)))
 
 
 def make_family(name: str, kwargs: dict[str, Any]):

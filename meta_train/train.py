@@ -207,6 +207,8 @@ def meta_train(
         LOG.info("meta-training %s: %d workers (%s, %s mode), step %d of %d", workdir,
                  run.pool.num_workers, type(run.pool).__name__, config.distributed.mode,
                  int(run.learner.step), config.run.num_steps)
+        for i, worker in enumerate(getattr(run.pool, "workers", ())):
+            LOG.info("worker %d: %s", i, worker.task_name)
         return _train(run, ckpt, workdir, resume=resume, changes=changes, on_step=on_step)
     finally:
         ckpt.close()

@@ -1,8 +1,10 @@
 """Task families: distributions over task configurations, sampled on the host.
 
-`MLPFamily` draws the static choices (dataset, width, depth, activation, batch size, horizon)
-and a log-uniform init scale. `sample_population` keeps one static choice and varies the init
-scale per member, so the members stack into one vmappable task.
+`MLPFamily` and `CNNFamily` draw the static choices (dataset, width, depth, activation, batch
+size, horizon) and a log-uniform init scale. `sample_population` keeps one static choice and
+varies the init scale per member, so the members stack into one vmappable task.
+`MixtureFamily` draws a family first (weighted), then a task from it: meta-training on more than
+one architecture with one worker pool, each worker's population one family's configuration.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from typing import Any, ClassVar
+
 from tasks.base import Task, TaskFamily
+from tasks.models.cnn import CNNConfig
 from tasks.models.mlp import MLPConfig
 from tasks.specs import ClassificationSpec
 from tasks.stacking import stack_tasks
 
 NUM_CLASSES = {"mnist1d": 10, "digits": 10}
+IMAGE_DATASETS = ("digits",)  # stored (H, W, C): a CNN can read them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,14 +46,18 @@ class MLPFamily(TaskFamily):
     base_width: int = 64
     data_dir: str | None = None
 
+    config_class: ClassVar[type] = MLPConfig
+    supported_datasets: ClassVar[tuple[str, ...]] = tuple(NUM_CLASSES)
+
     def __post_init__(self):
+        cls = type(self).__name__
         for field in ("datasets", "widths", "depths", "activations", "batch_sizes", "horizons"):
             if not getattr(self, field):
-                raise ValueError(f"MLPFamily.{field} is empty; give at least one choice.")
-        unknown = [d for d in self.datasets if d not in NUM_CLASSES]
+                raise ValueError(f"{cls}.{field} is empty; give at least one choice.")
+        unknown = [d for d in self.datasets if d not in self.supported_datasets]
         if unknown:
-            raise ValueError(f"MLPFamily datasets {unknown} unsupported; expected a subset "
-                             f"of {sorted(NUM_CLASSES)}.")
+            raise ValueError(f"{cls} datasets {unknown} unsupported; expected a subset "
+                             f"of {sorted(self.supported_datasets)}.")
         low, high = self.init_scale_range
         if not 0 < low <= high:
             raise ValueError(f"init_scale_range must satisfy 0 < low <= high, got "
@@ -62,7 +72,7 @@ class MLPFamily(TaskFamily):
         """A task spec (static choices + one init scale); deterministic in `key`."""
         rng = self._rng(key)
         dataset = self.datasets[rng.integers(len(self.datasets))]
-        model = MLPConfig(
+        model = self.config_class(
             width=int(rng.choice(self.widths)), depth=int(rng.choice(self.depths)),
             num_classes=NUM_CLASSES[dataset],
             activation=self.activations[rng.integers(len(self.activations))],
@@ -86,3 +96,52 @@ class MLPFamily(TaskFamily):
         rng = self._rng(jax.random.fold_in(key, 1))
         scales = [self._init_scale(rng) for _ in range(size)]
         return stack_tasks([task.replace(init_scale=jnp.float32(s)) for s in scales])
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNFamily(MLPFamily):
+    """`tasks.models.cnn` classifiers on image datasets (fields as `MLPFamily`; width is channels).
+
+    The defaults leave out the held-out CNN of configs/heldout_cpu.yaml (digits, width 32,
+    depth 3): meta-training sees narrower and wider, shallower and deeper CNNs, never that one.
+    """
+
+    datasets: tuple[str, ...] = ("digits",)
+    widths: tuple[int, ...] = (8, 16, 64)
+    depths: tuple[int, ...] = (2, 4)
+    base_width: int = 16
+
+    config_class: ClassVar[type] = CNNConfig
+    supported_datasets: ClassVar[tuple[str, ...]] = IMAGE_DATASETS
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureFamily(TaskFamily):
+    """A weighted mixture of task families: each draw picks a member family, then its task.
+
+    members: the families (each with `sample` and, optionally, `sample_population`).
+    weights: relative probabilities, one per member, all > 0.
+    """
+
+    members: tuple[Any, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self):
+        if not self.members:
+            raise ValueError("MixtureFamily.members is empty; give at least one family.")
+        if len(self.weights) != len(self.members) or any(not w > 0 for w in self.weights):
+            raise ValueError(f"MixtureFamily.weights={self.weights!r}: expected one weight > 0 "
+                             f"per member ({len(self.members)} members).")
+
+    def member(self, key: jax.Array) -> Any:
+        """The member family that `key` draws (deterministic in `key`)."""
+        p = np.asarray(self.weights, np.float64)
+        key_data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        rng = np.random.default_rng(np.asarray(key_data).ravel().tolist() + [0x6D6978])
+        return self.members[rng.choice(len(self.members), p=p / p.sum())]
+
+    def sample(self, key: jax.Array) -> Task:
+        return self.member(key).sample(key)
+
+    def sample_population(self, key: jax.Array, size: int) -> Task:
+        return self.member(key).sample_population(key, size)

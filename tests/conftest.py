@@ -22,6 +22,7 @@ _session_cache_dir = None
 
 def pytest_configure(config):
     global _session_cache_dir
+    _import_ray_outside_any_test()
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
     import jax
@@ -29,6 +30,16 @@ def pytest_configure(config):
     _session_cache_dir = tempfile.mkdtemp(prefix="lopt-test-xla-cache-")
     jax.config.update("jax_compilation_cache_dir", _session_cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_S)
+
+
+def _import_ray_outside_any_test():
+    """Ray's loggers keep the sys.stderr of the moment `ray` is first imported. Imported inside a
+    test that uses capsys, that is the test's capture stream, closed when the test ends, and every
+    later Ray log line prints a "Logging error" traceback into whichever test runs then."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pass
 
 
 def pytest_unconfigure(config):

@@ -106,6 +106,12 @@ class LocalWorker:
             raise ValueError(f"set_round({round}): this worker has no pool_for_round (tasks.redraw_every = 0).")
         self._start(self._pool_for_round(round), jax.random.fold_in(self._key, round) if round else self._key)
         self.round = round
+        LOG.info("task round %d: %s", round, self.task_name)
+
+    @property
+    def task_name(self) -> str:
+        """The name of the task configuration this worker unrolls now (its pool's)."""
+        return str(getattr(self.pool, "name", type(self.pool).__name__))
 
     def warm_up(self, theta: Any, key: jax.Array) -> None:
         """Compile the truncation by running it once on a copy of the states (left unchanged),

@@ -60,3 +60,51 @@ def test_meta_train_small_factory_takes_overrides_and_quadratic_fallback(data_di
     with pytest.raises(ValueError, match="pass a key"):
         tasks.held_out_loss(quad, params)
     assert jnp.isfinite(tasks.held_out_loss(quad, params, jax.random.key(2)))
+
+
+def test_cnn_family_draws_cnns_and_leaves_out_the_held_out_cnn(data_dir):
+    from tasks.families import CNNFamily
+    from tasks.models.cnn import CNNConfig
+
+    family = CNNFamily(data_dir=data_dir, batch_sizes=(32,))
+    specs = [family.sample_spec(jax.random.key(i)) for i in range(30)]
+    assert all(isinstance(s.model, CNNConfig) and s.dataset == "digits" for s in specs)
+    assert not any(s.model.width == 32 and s.model.depth == 3 for s in specs)
+    assert len({(s.model.width, s.model.depth) for s in specs}) > 3
+    population = family.sample_population(jax.random.key(1), 2)
+    params = jax.vmap(lambda t, k: t.init(k))(population, jax.random.split(jax.random.key(0), 2))
+    assert jax.tree.leaves(params)[0].shape[0] == 2
+    with pytest.raises(ValueError, match="mnist1d"):
+        CNNFamily(datasets=("mnist1d",))
+
+
+def test_mixture_draws_each_member_by_weight_and_rejects_bad_weights(data_dir):
+    from tasks.families import CNNFamily, MixtureFamily
+
+    mlp, cnn = MLPFamily(data_dir=data_dir), CNNFamily(data_dir=data_dir)
+    mixture = MixtureFamily(members=(mlp, cnn), weights=(3.0, 1.0))
+    drawn = [mixture.member(jax.random.key(i)) for i in range(400)]
+    assert mixture.member(jax.random.key(5)) is drawn[5]
+    share_cnn = sum(m is cnn for m in drawn) / len(drawn)
+    assert 0.17 < share_cnn < 0.33, share_cnn
+    assert MixtureFamily(members=(mlp, cnn), weights=(1.0, 1e-9)).member(jax.random.key(0)) is mlp
+    with pytest.raises(ValueError, match="weights"):
+        MixtureFamily(members=(mlp, cnn), weights=(1.0,))
+    with pytest.raises(ValueError, match="weights"):
+        MixtureFamily(members=(mlp, cnn), weights=(1.0, 0.0))
+
+
+def test_recipe_mixture_builds_members_and_explains_bad_entries(data_dir):
+    from meta_train.families import leaf_families, make_family
+    from tasks.families import CNNFamily
+
+    family = make_family("mixture", {"members": [
+        {"family": "mlp", "weight": 2, "kwargs": {"data_dir": data_dir, "widths": [32]}},
+        {"family": "cnn", "kwargs": {"data_dir": data_dir}}]})
+    members = leaf_families(family)
+    assert members[0].widths == (32,) and isinstance(members[1], CNNFamily)
+    assert family.weights == (2.0, 1.0)
+    with pytest.raises(ValueError, match="members"):
+        make_family("mixture", {"members": []})
+    with pytest.raises(ValueError, match="wieght"):
+        make_family("mixture", {"members": [{"family": "mlp", "wieght": 2}]})
