@@ -91,18 +91,27 @@ class OptimizerConfig:
 class EstimatorConfig:
     """name: a key of `meta_train.estimators.ESTIMATORS`. num_pairs: antithetic pairs (members
     for tbptt) per worker. sigma: perturbation std (ignored by tbptt). num_workers: workers,
-    each with its own share of the population (`distributed.num_workers` overrides it)."""
+    each with its own share of the population (`distributed.num_workers` overrides it).
+    difference: "value" weighs each antithetic pair by its loss difference L+ - L- (unbiased);
+    "sign" by its sign alone (pes and es; `meta_train.estimators.antithetic`)."""
 
     name: str = "pes"
     num_pairs: int = 8
     sigma: float = 0.01
     num_workers: int = 1
+    difference: str = "value"
 
     def __post_init__(self):
         if self.num_pairs < 1:
             raise ValueError(f"estimator.num_pairs={self.num_pairs}; expected >= 1.")
         if self.num_workers < 1:
             raise ValueError(f"estimator.num_workers={self.num_workers}; expected >= 1.")
+        if self.difference not in ("value", "sign"):
+            raise ValueError(f"estimator.difference={self.difference!r}; expected 'value' (L+ - L-) "
+                             "or 'sign' (only its sign).")
+        if self.difference == "sign" and self.name == "tbptt":
+            raise ValueError("estimator.difference='sign' needs an antithetic estimator (pes or es); "
+                             "tbptt has no loss difference.")
         if not (math.isfinite(self.sigma) and self.sigma > 0) and self.name != "tbptt":
             raise ValueError(
                 f"estimator.sigma={self.sigma}; expected a finite value > 0 (the perturbation std; "

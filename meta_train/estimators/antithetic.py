@@ -5,6 +5,12 @@ so the loss difference L+ - L- measures theta's effect alone. A pair's estimate 
 (L+ - L-) / (2 sigma^2) times a theta-shaped direction: ES credits this truncation's eps, PES
 the sum of every eps of the episode. Only that direction (and how a pair goes on afterwards)
 differs between the two; the noise, the +/- thetas and the scaling are the functions below.
+
+With `difference="sign"` a pair's weight is sign(L+ - L-) / (2 sigma) instead (VeLO's ES and
+learned_optimization's PES option): every pair counts the same whatever the size of its loss
+difference, so a few pairs with large differences (noisy tasks, long episodes, losses of other
+scales) no longer set the estimate. E[sign(eps . g) eps] is along g for Gaussian eps, so the
+direction is kept, not the magnitude (a step size for an Adam-like outer optimizer anyway).
 """
 
 from __future__ import annotations
@@ -38,11 +44,17 @@ def run_pairs(arch: Any, cfg: UnrollConfig, pool: Any, theta: Any, eps: Any, sta
     return unroll_lib.run_population(arch, cfg, pool, thetas, states, theta_per_branch=True)
 
 
+DIFFERENCES = ("value", "sign")
+
+
 def gradient(
-    direction: Any, out: TruncationOutput, was_reset: jax.Array, sigma: float, cfg: UnrollConfig
+    direction: Any, out: TruncationOutput, was_reset: jax.Array, sigma: float, cfg: UnrollConfig,
+    difference: str = "value",
 ):
-    """(grad, metrics): the mean over valid pairs of (L+ - L-) / (2 sigma^2) * direction[pair]."""
-    scale = (out.meta_loss[:, 0] - out.meta_loss[:, 1]) / (2 * sigma**2)
+    """(grad, metrics): the mean over valid pairs of (L+ - L-) / (2 sigma^2) * direction[pair],
+    or of sign(L+ - L-) / (2 sigma) * direction[pair] with difference="sign"."""
+    delta = out.meta_loss[:, 0] - out.meta_loss[:, 1]
+    scale = jnp.sign(delta) / (2 * sigma) if difference == "sign" else delta / (2 * sigma**2)
     per_pair = jax.tree.map(lambda d: d * scale.reshape((-1,) + (1,) * (d.ndim - 1)), direction)
     return unroll_lib.valid_mean(per_pair, out, was_reset, cfg)
 
@@ -56,8 +68,14 @@ class Antithetic(abc.ABC):
     num_pairs: int = 8
     sigma: float = 0.01
     trainable: tuple[str, ...] = ()  # top-level theta parts perturbed; () = all
+    difference: str = "value"  # "value" or "sign" of L+ - L- (see the module docstring)
 
     num_branches = 2
+
+    def __post_init__(self):
+        if self.difference not in DIFFERENCES:
+            raise ValueError(f"estimator.difference={self.difference!r}; expected one of {DIFFERENCES} "
+                             "(the antithetic loss difference itself, or only its sign).")
 
     @abc.abstractmethod
     def estimate(self, theta: Any, pool: Any, states: Any, key: jax.Array):
@@ -98,7 +116,7 @@ class PES(Antithetic):
 
         accum = jax.tree.map(add, states.accum, eps)
         unroll, out = run_pairs(self.arch, self.unroll, pool, theta, eps, unroll)
-        grad, metrics = gradient(accum, out, was_reset, self.sigma, self.unroll)
+        grad, metrics = gradient(accum, out, was_reset, self.sigma, self.unroll, self.difference)
         return grad, PESState(unroll=unroll, accum=accum), metrics
 
 
@@ -122,6 +140,6 @@ class AntitheticES(Antithetic):
         states, was_reset = unroll_lib.reset_population(self.arch, self.unroll, pool, states)
         eps = sample_noise(key, theta, self.num_pairs, self.sigma, self.trainable)
         states, out = run_pairs(self.arch, self.unroll, pool, theta, eps, states)
-        grad, metrics = gradient(eps, out, was_reset, self.sigma, self.unroll)
+        grad, metrics = gradient(eps, out, was_reset, self.sigma, self.unroll, self.difference)
         states = unroll_lib.broadcast_branches(jax.tree.map(lambda x: x[:, 0], states), 2)
         return grad, states, metrics

@@ -57,14 +57,14 @@ def problem():
     return pool, theta, exact
 
 
-def episode_estimate(problem, name, truncation_length, num_pairs, seed=0):
+def episode_estimate(problem, name, truncation_length, num_pairs, seed=0, **kwargs):
     """K/T * sum of the per-truncation estimates over one whole episode."""
     pool, theta, _ = problem
     cfg = UnrollConfig(
         truncation_length=truncation_length, min_horizon=HORIZON, max_horizon=HORIZON,
         stagger=False,
     )
-    estimator = ESTIMATORS[name](arch=ARCH, unroll=cfg, num_pairs=num_pairs, sigma=0.01)
+    estimator = ESTIMATORS[name](arch=ARCH, unroll=cfg, num_pairs=num_pairs, sigma=0.01, **kwargs)
     states = estimator.init_states(theta, pool, jax.random.PRNGKey(seed))
     estimate = jax.jit(estimator.estimate)
     total = 0.0
@@ -148,3 +148,34 @@ def test_pes_forgets_the_previous_episode_at_a_reset(problem):
     es_grad, _, _ = jax.jit(es.estimate)(theta, pool, states.unroll, key)
     assert float(metrics["unroll/resets"]) > 0
     np.testing.assert_allclose(flat(pes_grad), flat(es_grad), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("name, k", [("es", HORIZON), ("pes", HORIZON), ("pes", 4)])
+def test_sign_of_the_difference_keeps_the_direction(problem, name, k):
+    """E[sign(eps . g) eps] is along g: the sign-only estimate points where the exact gradient
+    does (its scale is not the gradient's), over a whole horizon and across PES truncations."""
+    _, _, exact = problem
+    estimate = episode_estimate(problem, name, k, num_pairs=2048, difference="sign")
+    assert cosine(estimate, exact) > 0.9
+
+
+def test_sign_weighs_every_pair_alike_and_value_does_not():
+    """One pair with a loss difference a million times the other's: by value it sets the
+    estimate, by sign both pairs count the same."""
+    from meta_train.estimators.antithetic import gradient
+    from meta_train.unroll import TruncationOutput
+
+    cfg = UnrollConfig(truncation_length=4, min_horizon=16, max_horizon=16)
+    out = TruncationOutput(meta_loss=jnp.array([[1e3, 0.0], [0.0, 1e-3]]), raw_loss=jnp.zeros((2, 2)),
+                           diverged=jnp.zeros((2, 2), bool))
+    direction = {"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}  # pair 0 credits w[0], pair 1 w[1]
+    by_value, _ = gradient(direction, out, jnp.zeros(2, bool), 0.1, cfg)
+    by_sign, _ = gradient(direction, out, jnp.zeros(2, bool), 0.1, cfg, "sign")
+    assert abs(float(by_value["w"][0])) > 1e5 * abs(float(by_value["w"][1]))
+    np.testing.assert_allclose(np.asarray(by_sign["w"]), [2.5, -2.5])  # +-1 / (2 sigma) / 2 pairs
+
+
+def test_difference_must_be_value_or_sign():
+    cfg = UnrollConfig(truncation_length=4, min_horizon=16, max_horizon=16)
+    with pytest.raises(ValueError, match="difference='sgn'"):
+        ESTIMATORS["pes"](arch=ARCH, unroll=cfg, difference="sgn")

@@ -134,6 +134,7 @@ def test_shipped_configs_load(name):
         ("outer.learning_rate=inf", "outer.learning_rate=inf; expected a finite value > 0"),
         ("unroll.meta_loss_clip=-2", "meta_loss_clip=-2.0"),
         ("estimator.name=pess", "estimator.name='pess'; expected one of"),
+        ("estimator.difference=sgn", "estimator.difference='sgn'; expected 'value'"),
         ("optimizer.architecture=velo9", "Unknown architecture 'velo9'"),
         ("tasks.family=cifar", "Unknown task family 'cifar'"),
         ("optimizer.kwargs.hidden_sizes=[0]", "hidden_sizes=(0,): expected a non-empty tuple"),
