@@ -77,7 +77,9 @@ class MLPLOpt:
     loss_features: also read the training loss (then `update` needs `loss=`).
     step_mult, exp_mult: output scales; see the module docstring.
     mup: scale each tensor's update by mu-P (learned_opt.mup), relative to `base_fan_in`.
-    accumulator_dtype: "float32" or "bfloat16" storage for the statistics (math is f32).
+    accumulator_dtype: "float32" or "bfloat16" storage for the momenta (math is f32). Second
+        moments are always stored in f32: a bf16 EMA of decay 0.999 cannot decay
+        (learned_opt.accumulators).
     init_like_adam: start theta as per-tensor-normalized Adam (see module docstring).
     out_init_scale: std of the last layer at init, relative to 1/sqrt(fan_in): small, so the MLP
         starts as a small correction.

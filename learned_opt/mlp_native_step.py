@@ -25,12 +25,11 @@ def update_leaf(arch, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role)
     """
     shape = tuple(jnp.shape(p))
     rows, cols = matrix_shape(shape)
-    dtype = acc.rms_RxC.dtype
     a_decays = jnp.asarray(arch.adafactor_decays, jnp.float32)
     spec = native.KernelSpec(len(arch.momentum_decays), len(arch.adafactor_decays), arch.hidden_sizes)
     g2_row_R, g2_col_C = native.square_means(spec, g.reshape(rows, cols))
-    row_AxR = acc_lib.ema(acc.row_AxR.astype(jnp.float32), g2_row_R[None], a_decays).astype(dtype)
-    col_AxC = acc_lib.ema(acc.col_AxC.astype(jnp.float32), g2_col_C[None], a_decays).astype(dtype)
+    row_AxR = acc_lib.ema(acc.row_AxR.astype(jnp.float32), g2_row_R[None], a_decays).astype(acc.row_AxR.dtype)
+    col_AxC = acc_lib.ema(acc.col_AxC.astype(jnp.float32), g2_col_C[None], a_decays).astype(acc.col_AxC.dtype)
     # Elementwise accumulators as before the step, row/column ones after it.
     acc_rc = acc._replace(row_AxR=row_AxR, col_AxC=col_AxC)
     row_mean_Ax1 = jnp.mean(row_AxR.astype(jnp.float32), axis=1, keepdims=True)

@@ -68,7 +68,7 @@ def _reference_features(spec: KernelSpec, p, g, m, v, srow, scol, scal):
     m_new = [scal[k] * m[k].astype(jnp.float32) + scal[nm + k] * g for k in range(nm)]
     v_new = scal[2 * nm] * v.astype(jnp.float32) + scal[2 * nm + 1] * (g * g)
     m_st = [mk.astype(acc_dtype).astype(jnp.float32) for mk in m_new]
-    rv = jax.lax.rsqrt(v_new.astype(acc_dtype).astype(jnp.float32) + feat_lib.RSQRT_EPS)
+    rv = jax.lax.rsqrt(v_new.astype(v.dtype).astype(jnp.float32) + feat_lib.RSQRT_EPS)
     fac = [srow[a][:, None] * scol[a][None, :] for a in range(na)]
     feats = (
         [p.astype(jnp.float32), g, jnp.clip(g, -0.1, 0.1)]
@@ -78,13 +78,13 @@ def _reference_features(spec: KernelSpec, p, g, m, v, srow, scol, scal):
         + [g * f for f in fac]
         + [mk * fac[-1] for mk in m_st]
     )
-    return feats, jnp.stack(m_new).astype(acc_dtype), v_new.astype(acc_dtype)
+    return feats, jnp.stack(m_new).astype(acc_dtype), v_new.astype(v.dtype)
 
 
 def kernel_reference(spec: KernelSpec, p, g, m, v, w0, rowb, colb, srow, scol, rest, scal):
     """The kernel's computation in XLA, element for element: (update, new m, new v).
 
-    p, g: (R, C); m: (NM, R, C) and v: (R, C) accumulators; w0: (E, O); rowb: (O, R);
+    p, g: (R, C); m: (NM, R, C) and v: (R, C, float32) accumulators; w0: (E, O); rowb: (O, R);
     colb: (O, C); srow: (NA, R); scol: (NA, C); rest, scal: see pack_rest / pack_scalars.
     """
     nm = spec.n_momenta

@@ -211,8 +211,8 @@ template <class P, class G, class A>
 struct Member {
   const P* p;
   const G* g;
-  A* m;  // (NM, R, C), read then overwritten (aliased input and output)
-  A* v;  // (R, C), likewise
+  A* m;      // (NM, R, C), read then overwritten (aliased input and output)
+  float* v;  // (R, C), likewise; always f32 (a bf16 EMA of decay 0.999 cannot decay)
   P* upd;
   float w0[E * O];    // (E, O): first layer and skip, normalizers folded in
   const float* rowb;  // (O, R): per-row bias (row features, biases, global features)
@@ -428,7 +428,7 @@ ffi::Error run(ffi::ThreadPool& pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::A
     mb.p = static_cast<const P*>(p.untyped_data()) + b * rc;
     mb.g = static_cast<const G*>(g.untyped_data()) + b * rc;
     mb.m = static_cast<A*>(m_out.untyped_data()) + b * NM * rc;
-    mb.v = static_cast<A*>(v_out.untyped_data()) + b * rc;
+    mb.v = static_cast<float*>(v_out.untyped_data()) + b * rc;
     mb.upd = static_cast<P*>(upd.untyped_data()) + b * rc;
     std::memcpy(mb.w0, static_cast<const float*>(w0.untyped_data()) + b * E * O, sizeof(mb.w0));
     mb.rowb = static_cast<const float*>(rowb.untyped_data()) + b * O * rows;
@@ -487,8 +487,8 @@ ffi::Error dispatch(ffi::ThreadPool pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ff
   using T = ffi::DataType;
   for (auto b : {w0, rowb, colb, srow, scol, rest, scal})
     if (b.element_type() != T::F32) return ffi::Error::InvalidArgument("lopt: weights must be float32");
-  if (m.element_type() != v.element_type() || upd->element_type() != p.element_type())
-    return ffi::Error::InvalidArgument("lopt: accumulator or update dtype mismatch");
+  if (v.element_type() != T::F32 || upd->element_type() != p.element_type())
+    return ffi::Error::InvalidArgument("lopt: the second moment must be float32 and the update of the params' dtype");
   return with_dtypes(p.element_type(), g.element_type(), m.element_type(), [&](auto* p_, auto* g_, auto* a_) {
     using P = pointee<decltype(p_)>;
     using G = pointee<decltype(g_)>;
@@ -551,7 +551,8 @@ void visit_grid(const Member<P, G, A>& mb, int64_t stride, int64_t j0, int64_t j
   }
   P p_buf[L];
   G g_buf[L];
-  A m_buf[NM * L], v_buf[L];
+  A m_buf[NM * L];
+  float v_buf[L];
   Member<P, G, A> local = mb;
   local.p = p_buf;
   local.g = g_buf;
@@ -574,7 +575,7 @@ void visit_grid(const Member<P, G, A>& mb, int64_t stride, int64_t j0, int64_t j
         p_buf[l] = P{};
         g_buf[l] = G{};
         for (int k = 0; k < NM; ++k) m_buf[k * L + l] = A{};
-        v_buf[l] = A{};
+        v_buf[l] = 0.0f;
         for (int a = 0; a < NA; ++a) fac[a][l] = 0.0f;
       }
     }
@@ -639,7 +640,7 @@ ffi::Error run_grid_statistics(ffi::ThreadPool& pool, ffi::AnyBuffer p, ffi::Any
     mb.p = static_cast<const P*>(p.untyped_data()) + b * rc;
     mb.g = static_cast<const G*>(g.untyped_data()) + b * rc;
     mb.m = static_cast<A*>(m.untyped_data()) + b * NM * rc;
-    mb.v = static_cast<A*>(v.untyped_data()) + b * rc;
+    mb.v = static_cast<float*>(v.untyped_data()) + b * rc;
     mb.srow = static_cast<const float*>(srow.untyped_data()) + b * NA * rows;
     mb.scol = static_cast<const float*>(scol.untyped_data()) + b * NA * cols;
     std::memcpy(mb.scal, static_cast<const float*>(scal.untyped_data()) + b * NSCAL, sizeof(mb.scal));
@@ -662,7 +663,7 @@ ffi::Error grid_statistics_dispatch(ffi::ThreadPool pool, ffi::AnyBuffer p, ffi:
   if (out->element_type() != T::F32 || out->element_count() != batch * (E + 1) || g.element_count() != batch * rc ||
       m.element_count() != batch * NM * rc || v.element_count() != batch * rc ||
       srow.element_count() != batch * NA * rows || scol.element_count() != batch * NA * cols ||
-      scal.element_count() != batch * NSCAL || m.element_type() != v.element_type())
+      scal.element_count() != batch * NSCAL || v.element_type() != ffi::DataType::F32)
     return ffi::Error::InvalidArgument("lopt: grid statistics inputs do not match the compiled architecture");
   for (auto b : {srow, scol, scal})
     if (b.element_type() != T::F32) return ffi::Error::InvalidArgument("lopt: row/column factors must be float32");

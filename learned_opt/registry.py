@@ -19,7 +19,8 @@ ARCHITECTURES: dict[str, object] = {
     # muLO: the same network with mu-P scaled updates, transfers across widths.
     "mulo": MLPLOpt(mup=True),
     # The default of the recipes (meta_train.config) and benchmarks: 33 -> 4 -> 2 with three
-    # momenta, native step, bf16 accumulators (8 bytes of state per parameter, like AdamW).
+    # momenta, native step, bf16 momenta and f32 second moment (10 bytes of state per parameter;
+    # AdamW: 8).
     # Picked by benchmarks/lopt_size_tradeoff.sh: hidden 4/8/16/32 and 3/5 momenta meta-trained
     # the same way evaluate within seed noise of each other (five momenta slightly better), and
     # this one's full training step is ~1.5x AdamW's on a 2M-parameter MLP (fused: ~2x;

@@ -73,3 +73,24 @@ def test_checkpoints_without_the_field_load_as_normalized(tmp_path):
 def test_non_bool_option_is_refused():
     with pytest.raises(TypeError, match="normalize_adam_features='no'.*true / false"):
         learned_opt.MLPLOpt(normalize_adam_features="no")
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "native"])
+def test_bf16_state_second_moment_still_decays(impl):
+    """With bfloat16 accumulators the momenta are bf16 but the second moment is f32: after 50
+    steps of unit gradients and 300 of zero, v has decayed by 0.999^300 = 0.74 as in f32. Stored
+    in bf16, 0.999 v rounds back to v and v would stay at its peak for good: the stall that made
+    late training crawl (accumulators.py)."""
+    arch = learned_opt.MLPLOpt(hidden_sizes=(4,), momentum_decays=(0.5, 0.9, 0.99), impl=impl,
+                               accumulator_dtype="bfloat16", normalize_adam_features=False)
+    theta, params = arch.init_theta(jax.random.key(0)), {"w": jnp.zeros((64, 32))}
+    grads_T = jnp.concatenate([jnp.ones((50, 64, 32)), jnp.zeros((300, 64, 32))])
+
+    def step(state, g):
+        return arch.update(theta, {"w": g}, state, params)[1], state.accumulators["w"].rms_RxC.mean()
+
+    state, v_T = jax.jit(lambda s: jax.lax.scan(step, s, grads_T))(arch.init_state(params))
+    acc = state.accumulators["w"]
+    assert acc.momentum_MxRxC.dtype == jnp.bfloat16 and acc.rms_RxC.dtype == jnp.float32
+    peak = float(v_T[50])
+    np.testing.assert_allclose(float(acc.rms_RxC.mean()) / peak, 0.999 ** 300, rtol=1e-3)
