@@ -10,12 +10,11 @@ one architecture with one worker pool, each worker's population one family's con
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from typing import Any, ClassVar
 
 from tasks.base import Task, TaskFamily
 from tasks.models.cnn import CNNConfig
@@ -25,6 +24,13 @@ from tasks.stacking import stack_tasks
 
 NUM_CLASSES = {"mnist1d": 10, "digits": 10}
 IMAGE_DATASETS = ("digits",)  # stored (H, W, C): a CNN can read them
+
+
+def host_rng(key: jax.Array, *salt: int) -> np.random.Generator:
+    """A numpy generator seeded by `key`'s bits (and `salt`): host-side draws, deterministic in key."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key).ravel().tolist() + list(salt))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +70,7 @@ class MLPFamily(TaskFamily):
                              f"{self.init_scale_range}.")
 
     def _rng(self, key: jax.Array) -> np.random.Generator:
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-            key = jax.random.key_data(key)
-        return np.random.default_rng(np.asarray(key).ravel().tolist())
+        return host_rng(key)
 
     def sample_spec(self, key: jax.Array) -> ClassificationSpec:
         """A task spec (static choices + one init scale); deterministic in `key`."""
@@ -136,8 +140,7 @@ class MixtureFamily(TaskFamily):
     def member(self, key: jax.Array) -> Any:
         """The member family that `key` draws (deterministic in `key`)."""
         p = np.asarray(self.weights, np.float64)
-        key_data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-        rng = np.random.default_rng(np.asarray(key_data).ravel().tolist() + [0x6D6978])
+        rng = host_rng(key, 0x6D6978)  # salted: not the member's own draw from the same key
         return self.members[rng.choice(len(self.members), p=p / p.sum())]
 
     def sample(self, key: jax.Array) -> Task:
