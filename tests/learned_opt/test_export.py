@@ -104,9 +104,14 @@ def test_bf16_params_keep_dtype_and_f32_state():
         np.testing.assert_allclose(np.asarray(u, np.float32), np.asarray(u32), rtol=2e-2, atol=1e-6)
 
 
-def test_bf16_accumulators_halve_state_bytes():
+def test_bf16_accumulators_halve_the_momenta_bytes_and_keep_second_moments_f32():
     params = mixed_params()
     f32 = learned_opt.to_optax(ARCH, THETA).init(params)
     bf16 = learned_opt.to_optax(learned_opt.MLPLOpt(hidden_sizes=(8,), accumulator_dtype="bfloat16"), THETA).init(params)
-    nbytes = lambda s: sum(x.nbytes for x in jax.tree.leaves(s.accumulators))  # noqa: E731
-    assert nbytes(bf16) * 2 == nbytes(f32)
+    is_acc = lambda x: isinstance(x, learned_opt.accumulators.LeafAccumulators)  # noqa: E731
+    accs = lambda s: jax.tree.leaves(s.accumulators, is_leaf=is_acc)  # noqa: E731
+    nbytes = lambda s, field: sum(getattr(a, field).nbytes for a in accs(s))  # noqa: E731
+    assert nbytes(bf16, "momentum_MxRxC") * 2 == nbytes(f32, "momentum_MxRxC")
+    for field in ("rms_RxC", "row_AxR", "col_AxC"):
+        assert nbytes(bf16, field) == nbytes(f32, field) > 0
+        assert all(getattr(a, field).dtype == jnp.float32 for a in accs(bf16))
