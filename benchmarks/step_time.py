@@ -136,7 +136,7 @@ def native_pass(arch, params):
     for leaf in jax.tree.leaves(params):
         r, c = matrix_shape(leaf.shape)
         fixed.append((leaf.reshape(r, c), jnp.sin(leaf).reshape(r, c), ones(o, r), ones(o, c), ones(na, r), ones(na, c)))
-        state.append((jnp.zeros((spec.n_momenta, r, c), acc_dtype), jnp.ones((r, c), acc_dtype)))
+        state.append((jnp.zeros((spec.n_momenta, r, c), acc_dtype), jnp.ones((r, c), jnp.float32)))  # v: f32
 
     def one_pass(_, state):
         out = []
@@ -161,10 +161,10 @@ def stream_bytes_per_s(repeats: int, n: int = 16 * 2**20) -> float:
 
 
 def native_pass_bytes(arch, params) -> int:
-    """Bytes the native pass reads and writes: p, g, m and v in; update, m and v out."""
+    """Bytes the native pass reads and writes: p, g, m and v in; update, m and v out (v is f32)."""
     acc = jnp.dtype(arch.accumulator_dtype).itemsize
     n_m = len(arch.momentum_decays)
-    return sum(x.size * (3 * x.dtype.itemsize + 2 * (n_m + 1) * acc) for x in jax.tree.leaves(params))
+    return sum(x.size * (3 * x.dtype.itemsize + 2 * (n_m * acc + 4)) for x in jax.tree.leaves(params))
 
 
 def network_flops_per_param(arch) -> int:
