@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from meta_train.estimators.antithetic import DIFFERENCES
 from meta_train.learner import OuterConfig
 from meta_train.unroll import UnrollConfig
 
@@ -106,7 +107,7 @@ class EstimatorConfig:
             raise ValueError(f"estimator.num_pairs={self.num_pairs}; expected >= 1.")
         if self.num_workers < 1:
             raise ValueError(f"estimator.num_workers={self.num_workers}; expected >= 1.")
-        if self.difference not in ("value", "sign"):
+        if self.difference not in DIFFERENCES:
             raise ValueError(f"estimator.difference={self.difference!r}; expected 'value' (L+ - L-) "
                              "or 'sign' (only its sign).")
         if self.difference == "sign" and self.name == "tbptt":

@@ -48,10 +48,9 @@ def make_components(config: MetaTrainConfig, arch: Any = None) -> Components:
         arch = families.make_architecture(config.optimizer.architecture, config.optimizer.kwargs)
     family = families.make_family(config.tasks.family, config.tasks.kwargs)
     est = config.estimator
-    kwargs = {"difference": est.difference} if est.name != "tbptt" else {}
     estimator = make_estimator(
         est.name, arch=arch, unroll=config.unroll, num_pairs=est.num_pairs, sigma=est.sigma,
-        trainable=tuple(config.optimizer.trainable), **kwargs,
+        trainable=tuple(config.optimizer.trainable), difference=est.difference,
     )
     return Components(arch, family, estimator)
 

@@ -24,6 +24,7 @@ class TruncatedBackprop:
     unroll: UnrollConfig
     num_pairs: int = 8  # members; the name is shared with the antithetic estimators
     sigma: float = 0.0  # unused; accepted so every estimator takes the same config
+    difference: str = "value"  # likewise (EstimatorConfig refuses "sign" for tbptt)
     trainable: tuple[str, ...] = ()  # frozen parts are masked by the learner (make_outer_optimizer)
 
     num_branches = 1
