@@ -124,6 +124,7 @@ def native_pass(arch, params):
     from learned_opt import native
     from learned_opt.tree_util import matrix_shape
 
+    arch = getattr(arch, "rule", arch)  # velo: the per-parameter rule of its basis
     spec = native.KernelSpec(len(arch.momentum_decays), len(arch.adafactor_decays), arch.hidden_sizes)
     e, o, na = spec.num_elementwise, spec.num_outputs, spec.n_adafactor
     acc_dtype = jnp.dtype(arch.accumulator_dtype)
@@ -170,6 +171,7 @@ def native_pass_bytes(arch, params) -> int:
 def network_flops_per_param(arch) -> int:
     """FLOPs of the per-parameter network alone (multiply-adds x 2, skip included): a lower
     bound on the update's work, which also computes features and accumulators."""
+    arch = getattr(arch, "rule", arch)  # velo: the per-parameter rule of its basis
     sizes = (arch.num_tensor_features, *arch.hidden_sizes, 2)
     macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) + arch.num_tensor_features
     return 2 * macs
@@ -214,8 +216,9 @@ def main(argv=None):
     lopts = {impl: learned_opt.to_optax(dataclasses.replace(arch, impl=impl), theta, num_steps=1000) for impl in impls}
     adamw = optax.adamw(1e-3)
     print(f"device: {jax.devices()[0].device_kind}  arch: {args.arch} {arch}")
-    print(f"meta-parameters: {learned_opt.num_params(theta):,}  network: "
-          f"{' -> '.join(map(str, (arch.num_features, *arch.hidden_sizes, 2)))}")
+    rule = getattr(arch, "rule", arch)
+    print(f"meta-parameters: {learned_opt.num_params(theta):,}  per-parameter network: "
+          f"{' -> '.join(map(str, (rule.num_features, *rule.hidden_sizes, 2)))}")
     net_flops = network_flops_per_param(arch)
     print(f"network: {net_flops} FLOPs per parameter; f32 matmul: {MATMUL_N}^3")
     print(f"{'size':>6} {'params':>10} {'impl':>9} | {'full adamw':>11} {'full lopt':>11} {'ratio':>7} | "

@@ -22,6 +22,7 @@ from learned_opt.mlp_lopt import MLPLOpt, MLPLOptState
 from learned_opt.mup import ROLES, resolve_roles
 from learned_opt.registry import ARCHITECTURE_CLASSES, ARCHITECTURES, get_architecture
 from learned_opt.tree_util import num_params
+from learned_opt.velo import VeLOLOpt, VeLOState
 
 __all__ = [
     "ARCHITECTURES",
@@ -31,6 +32,8 @@ __all__ = [
     "MLPLOpt",
     "MLPLOptState",
     "ROLES",
+    "VeLOLOpt",
+    "VeLOState",
     "get_architecture",
     "list_pretrained",
     "load",

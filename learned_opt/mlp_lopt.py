@@ -406,7 +406,7 @@ class MLPLOpt:
         leaf_roles = mup.resolve_roles(params, roles)
         new_acc, updates = [], []
         for g, p, acc, role in zip(leaves_g, leaves_p, leaves_acc, leaf_roles):
-            u, a = self._update_leaf(theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role)
+            u, a, _ = self._update_leaf(theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role)
             updates.append(u)
             new_acc.append(a)
         new_state = MLPLOptState(
@@ -486,6 +486,11 @@ class MLPLOpt:
         return _log_step_head(theta["controller"], jnp.concatenate([ctrl_glob, log_rms_M, is_vector]))
 
     def _update_leaf(self, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role):
+        """(update, new accumulators, (E,) mean squares of the elementwise features) of one tensor.
+
+        The mean squares (the normalizers' statistics, in `feature_names()` order) come back so a
+        per-tensor controller can read them on the next step without another pass over the tensor.
+        """
         if self.impl == "native" and p.dtype in (jnp.float32, jnp.bfloat16) and g.dtype in (jnp.float32, jnp.bfloat16):
             return mlp_native_step.update_leaf(self, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role)
         shape = tuple(jnp.shape(p))
@@ -528,7 +533,7 @@ class MLPLOpt:
         scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
         log_step = log_step + self._tensor_log_step(theta, ctrl_glob, ms_E, shape)
         step = direction * jnp.exp(self.exp_mult * log_mag + log_step) * (self.step_mult * scale)
-        return step.reshape(shape).astype(p.dtype), acc
+        return step.reshape(shape).astype(p.dtype), acc, ms_E
 
     def _tensor_features(
         self, p_RxC, g_RxC, acc: acc_lib.LeafAccumulators, scales: feat_lib.FeatureScales

@@ -16,7 +16,8 @@ from learned_opt.tree_util import matrix_shape
 
 
 def update_leaf(arch, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role):
-    """MLPLOpt's step of one tensor (`arch._update_leaf`'s result, to float tolerance) with the
+    """MLPLOpt's step of one tensor (`arch._update_leaf`'s result: update, accumulators and the
+    features' mean squares, to float tolerance) with the
     per-element work in one native loop (learned_opt.native).
 
     Here only per-tensor, per-row and per-column quantities are computed: Adafactor's
@@ -85,4 +86,4 @@ def update_leaf(arch, theta, first_bias_H, log_step, ctrl_glob, g, p, acc, role)
         native.pack_scalars(arch.momentum_decays, arch.rms_decay, v_cap, arch.exp_mult, out_scale),
     )
     new_acc = acc_lib.LeafAccumulators(m_MxRxC, v_RxC, row_AxR, col_AxC)
-    return upd_RxC.reshape(shape), new_acc
+    return upd_RxC.reshape(shape), new_acc, ms_E

@@ -6,10 +6,12 @@ Plain dicts, so tests parametrize over them and a user can see every choice at a
 from __future__ import annotations
 
 from learned_opt.mlp_lopt import MLPLOpt
+from learned_opt.velo import VeLOLOpt
 
 # Class name recorded in a checkpoint -> class. A checkpoint's config is passed to this class.
 ARCHITECTURE_CLASSES: dict[str, type] = {
     MLPLOpt.name: MLPLOpt,
+    VeLOLOpt.name: VeLOLOpt,
 }
 
 # Named configurations. The contract tests run over every entry.
@@ -30,6 +32,12 @@ ARCHITECTURES: dict[str, object] = {
     ),
     # Reads the loss as well.
     "mlp_loss": MLPLOpt(hidden_sizes=(4, 4), loss_features=True, impl="fused"),
+    # VeLO-style (learned_opt.velo): a per-tensor LSTM controller aware of the horizon and the loss
+    # mixes 4 per-parameter MLPs of mlp_small's size; steps relative to each tensor's RMS.
+    # Needs num_steps and the loss.
+    "velo": VeLOLOpt(),
+    # The same controller with muLO's scaling: a fixed base step times mu-P's per-tensor factor.
+    "mu_velo": VeLOLOpt(param_scale=False, mup=True, step_mult=1e-3),
 }
 
 

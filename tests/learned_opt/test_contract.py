@@ -20,7 +20,8 @@ def _structure_and_dtypes(tree):
 def setup(request):
     """(arch, tx, jitted step, trace counter), compiled once per architecture."""
     arch = learned_opt.ARCHITECTURES[request.param]
-    tx = learned_opt.to_optax(arch, arch.init_theta(jax.random.key(0)))
+    # Every architecture accepts num_steps; those that read the horizon need it.
+    tx = learned_opt.to_optax(arch, arch.init_theta(jax.random.key(0)), num_steps=100)
     traces = []
 
     @jax.jit
@@ -68,12 +69,18 @@ def test_updates_match_param_structure_and_dtype(setup):
 
 
 @pytest.mark.parametrize("name", ARCH_NAMES)
-def test_init_theta_deterministic_and_counted(name):
+def test_init_theta_deterministic(name):
     arch = learned_opt.ARCHITECTURES[name]
     a, b = arch.init_theta(jax.random.key(7)), arch.init_theta(jax.random.key(7))
     c = arch.init_theta(jax.random.key(8))
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))
+
+
+@pytest.mark.parametrize("name", [n for n in ARCH_NAMES if isinstance(learned_opt.ARCHITECTURES[n], learned_opt.MLPLOpt)])
+def test_mlp_theta_counted(name):
+    arch = learned_opt.ARCHITECTURES[name]
+    a = arch.init_theta(jax.random.key(7))
     sizes = (arch.num_features, *arch.hidden_sizes, 2)
     expected = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:])) + arch.num_tensor_features + 1
     assert learned_opt.num_params(a) == expected

@@ -62,7 +62,7 @@ def _loss(params):
 
 @pytest.mark.parametrize("arch", _cases())
 def test_nnx_optimizer_and_linen_train_state_step_like_a_plain_loop(arch):
-    tx = optax.chain(optax.clip_by_global_norm(10.0), learned_opt.to_optax(arch, arch.init_theta(jax.random.key(0))))
+    tx = optax.chain(optax.clip_by_global_norm(10.0), learned_opt.to_optax(arch, arch.init_theta(jax.random.key(0)), num_steps=100))
     model = _NNXModel(nnx.Rngs(0))
     params0 = _linen_params(model)
 

@@ -177,12 +177,17 @@ def test_worker_exception_reaches_the_learner_log_with_worker_id(cluster, tmp_pa
 
 
 def test_cli_ray_flag_runs_the_recipe_on_actors(cluster, tmp_path, capsys):
+    """With the VeLO-style optimizer (the other tests run mlp_small): actors unpickle it, run
+    its LSTM controller and send back antithetic results."""
+    import learned_opt
     from meta_train import cli
 
     workdir = str(tmp_path / "run")
     rc = cli.main(["meta-train", SMOKE, "--workdir", workdir, "--ray", "auto", "run.num_steps=2",
-                   "run.progress=false", "distributed.num_workers=2"])
+                   "run.progress=false", "distributed.num_workers=2", "optimizer.architecture=velo"])
     assert rc == 0 and "done" in capsys.readouterr().out
+    arch, theta, _ = learned_opt.load_theta(os.path.join(workdir, "theta.safetensors"))
+    assert isinstance(arch, learned_opt.VeLOLOpt) and all(np.isfinite(x).all() for x in jax.tree.leaves(theta))
     assert "2 workers (RayPool, sync mode)" in read_log(workdir)
     assert [r["dist/results"] for r in rows_of(workdir)] == [2, 2]
     assert ray.is_initialized()  # --ray auto joined the module's cluster; it is not ours to stop

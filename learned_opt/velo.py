@@ -1,0 +1,364 @@
+"""VeLO-style learned optimizer: a per-tensor LSTM controller over a basis of per-parameter MLPs.
+
+Per step, once per tensor (never per parameter), a small LSTM reads
+
+* where training is: VeLO's fraction features tanh(10 (t/T - x)) and log T, T the `num_steps`
+  the optimizer is built with;
+* how the loss moves: EMAs of the (clipped) training loss with half-lives log-spaced from 10
+  steps to T, each compared with the next slower one relative to the running minimum
+  (VeLO's relative loss features; 0 for the first two steps);
+* the tensor: log RMS(m_k / sqrt(v)) per momentum decay (near 0 while gradients agree, lower once
+  they are noise), log RMS(p) and its rank;
+* the mean of every tensor's LSTM state of the last step (VeLO's mixing across tensors).
+
+It outputs a log step multiplier and softmax weights over `num_basis` per-parameter MLPs; the
+tensor's per-parameter network is the weighted sum of the basis (weights, not outputs), and runs
+in `MLPLOpt`'s reference, fused or native step with `MLPLOpt`'s features. The step of a tensor is
+
+    update = d * exp(exp_mult * s) * exp(log_step + controller) * step_mult * scale
+
+with scale = max(RMS(p), param_scale_floor) (VeLO and Celo: relative to the parameter's own
+size; the floor is for tensors that start at zero) or, for `mu_velo`, mu-P's per-tensor factor
+(learned_opt.mup, roles as everywhere else) with a fixed base step, as muLO.
+
+The tensor statistics are those of the previous step: the per-parameter step computes every
+feature's mean square for its normalizers anyway and hands them back, so the controller costs no
+pass over any tensor. Every output head starts at zero and every basis member at per-tensor
+Adam (`MLPLOpt.init_like_adam`, unnormalized Adam features): the untrained optimizer is Adam with a
+base step, whatever the controller's random LSTM weights, and meta-training learns corrections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from learned_opt import accumulators as acc_lib
+from learned_opt import features as feat_lib
+from learned_opt import mup
+from learned_opt.mlp_lopt import MLPLOpt
+from learned_opt.tree_util import matrix_shape
+
+VELO_FRACTION_OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
+# Controller inputs per tensor (after the global ones): log RMS(m_k / sqrt v) per momentum decay,
+# log RMS(p) / 5, and the rank as [vector, matrix, higher].
+_RANK_FEATURES = 3
+_CONSISTENCY_RANGE = (-5.0, 1.0)
+
+
+class VeLOState(NamedTuple):
+    """Optimizer state. N = the number of parameter tensors (leaves), H = `lstm_hidden`."""
+
+    count: jax.Array  # i32[]
+    accumulators: Any  # pytree like params of acc_lib.LeafAccumulators
+    loss_ema_E: jax.Array  # f32[E], EMAs of the clipped loss, fastest first
+    loss_min: jax.Array  # f32[], running minimum of the fastest EMA
+    loss_max: jax.Array  # f32[], running maximum of the clipped loss
+    lstm_h_NxH: jax.Array
+    lstm_c_NxH: jax.Array
+    stats_NxS: jax.Array  # f32[N, S], each tensor's statistics of the last step
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule(MLPLOpt):
+    """MLPLOpt's per-parameter step whose per-tensor log step is the controller's (precomputed,
+    in theta["tensor_log_step"]), plus log max(RMS(p), floor) for the parameter-relative step.
+
+    RMS(p) is read from the normalizers' statistics (feature 0 is p), computed in the same pass."""
+
+    param_scale_floor: float = 0.0
+
+    def _tensor_log_step(self, theta, ctrl_glob, ms_E, shape):
+        del ctrl_glob, shape
+        log_step = theta["tensor_log_step"]
+        if self.param_scale_floor > 0.0:
+            log_step = log_step + 0.5 * jnp.log(jnp.maximum(ms_E[0], self.param_scale_floor**2))
+        return log_step
+
+
+@dataclasses.dataclass(frozen=True)
+class VeLOLOpt:
+    """Static configuration of the VeLO-style optimizer (module docstring).
+
+    The per-parameter rule (each basis member): hidden_sizes, momentum_decays, rms_decay,
+    adafactor_decays, time_scales, accumulator_dtype, impl, normalizer_samples, exp_mult and
+    out_init_scale as in `MLPLOpt` (its Adam features unnormalized, its start per-tensor Adam).
+    num_basis: per-parameter MLPs the controller mixes.
+    lstm_hidden: the controller LSTM's state size.
+    fraction_offsets: x of the tanh(10 (t/T - x)) features.
+    num_loss_emas: loss EMAs (half-lives log-spaced from 10 steps to T); num_loss_emas - 1
+        relative features. 0: the optimizer ignores the loss (and `update` does not need it).
+    step_mult: the base step: relative to max(RMS(p), param_scale_floor) with `param_scale`,
+        absolute (times mu-P's factor with `mup`) without.
+    param_scale, param_scale_floor: take each tensor's step relative to its RMS.
+    mup, base_fan_in: multiply each tensor's step by mu-P's factor (learned_opt.mup).
+    """
+
+    name: ClassVar[str] = "velo_lopt"
+
+    hidden_sizes: tuple[int, ...] = (4,)
+    momentum_decays: tuple[float, ...] = (0.5, 0.9, 0.99)
+    rms_decay: float = 0.999
+    adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    time_scales: tuple[float, ...] = (1, 10, 100, 1000, 10000)
+    accumulator_dtype: str = "bfloat16"
+    impl: str = "native"
+    normalizer_samples: int = 65536
+    exp_mult: float = 1e-3
+    out_init_scale: float = 1e-2
+    num_basis: int = 4
+    lstm_hidden: int = 16
+    fraction_offsets: tuple[float, ...] = VELO_FRACTION_OFFSETS
+    num_loss_emas: int = 6
+    step_mult: float = 1e-2
+    param_scale: bool = True
+    param_scale_floor: float = 0.03
+    mup: bool = False
+    base_fan_in: int = 64
+
+    def __post_init__(self):
+        for f in ("hidden_sizes", "momentum_decays", "adafactor_decays", "time_scales", "fraction_offsets"):
+            if isinstance(getattr(self, f), list):
+                object.__setattr__(self, f, tuple(getattr(self, f)))
+        for f in ("num_basis", "lstm_hidden"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"VeLOLOpt.{f}={v!r}: expected a positive int.")
+        if isinstance(self.num_loss_emas, bool) or not isinstance(self.num_loss_emas, int) or self.num_loss_emas == 1 or self.num_loss_emas < 0:
+            raise ValueError(
+                f"VeLOLOpt.num_loss_emas={self.num_loss_emas!r}: expected 0 (no loss features) or an int >= 2 "
+                "(each feature compares one EMA with the next slower one)."
+            )
+        if not self.fraction_offsets:
+            raise ValueError("VeLOLOpt.fraction_offsets is empty: the controller needs the fraction of training.")
+        for f in ("param_scale", "mup"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"VeLOLOpt.{f}={getattr(self, f)!r}: expected true or false.")
+        if not self.param_scale and not self.mup:
+            raise ValueError(
+                "VeLOLOpt(param_scale=False, mup=False) would take one absolute step size for every "
+                "tensor at every width: set param_scale=True (VeLO) or mup=True (mu_velo)."
+            )
+        if not (isinstance(self.step_mult, (int, float)) and self.step_mult > 0):
+            raise ValueError(f"VeLOLOpt.step_mult={self.step_mult!r}: expected a positive number.")
+        if self.param_scale and not (isinstance(self.param_scale_floor, (int, float)) and self.param_scale_floor > 0):
+            raise ValueError(
+                f"VeLOLOpt.param_scale_floor={self.param_scale_floor!r}: expected a positive number (the "
+                "smallest scale a tensor's step is taken relative to, for tensors that start at zero)."
+            )
+        # The per-parameter rule validates its own fields (sizes, decays, impl, dtype).
+        object.__setattr__(self, "_rule", self._make_rule())
+
+    def _make_rule(self) -> _Rule:
+        return _Rule(
+            hidden_sizes=self.hidden_sizes,
+            momentum_decays=self.momentum_decays,
+            rms_decay=self.rms_decay,
+            adafactor_decays=self.adafactor_decays,
+            time_scales=self.time_scales,
+            exp_mult=self.exp_mult,
+            step_mult=1.0,
+            accumulator_dtype=self.accumulator_dtype,
+            impl=self.impl,
+            normalizer_samples=self.normalizer_samples,
+            out_init_scale=self.out_init_scale,
+            normalize_adam_features=False,
+            init_like_adam=True,
+            param_scale_floor=float(self.param_scale_floor) if self.param_scale else 0.0,
+        )
+
+    @property
+    def rule(self) -> MLPLOpt:
+        """The per-parameter rule each basis member is (its features, sizes and kernels)."""
+        return self._rule
+
+    # ---- sizes -------------------------------------------------------------------------------
+
+    def controller_features(self) -> list[str]:
+        """The LSTM's inputs, in order."""
+        return (
+            [f"frac{x:g}" for x in self.fraction_offsets]
+            + ["log_horizon"]
+            + [f"loss_rel{i}" for i in range(max(self.num_loss_emas - 1, 0))]
+            + [f"log_rms_m{d}*rsqrt_v" for d in self.momentum_decays]
+            + ["log_rms_p/5", "is_vector", "is_matrix", "is_higher"]
+            + [f"mean_state{i}" for i in range(self.lstm_hidden)]
+        )
+
+    @property
+    def loss_features(self) -> bool:
+        """Whether `update` reads the loss (as `MLPLOpt.loss_features`)."""
+        return self.num_loss_emas > 0
+
+    @property
+    def num_stats(self) -> int:
+        return len(self.momentum_decays) + 1
+
+    # ---- theta -------------------------------------------------------------------------------
+
+    def init_theta(self, key: jax.Array) -> dict:
+        """Basis members (each per-tensor Adam plus a small random MLP), LSTM weights, and zero
+        output heads; deterministic in `key`."""
+        k_basis, k_lstm = jax.random.split(key)
+        members = [self._rule.init_theta(k) for k in jax.random.split(k_basis, self.num_basis)]
+        basis = jax.tree.map(lambda *xs: jnp.stack(xs), *[{"mlp": m["mlp"], "skip": m["skip"]} for m in members])
+        n_in, h = len(self.controller_features()), self.lstm_hidden
+        w = jax.random.normal(k_lstm, (n_in + h, 4 * h), jnp.float32) / math.sqrt(n_in + h)
+        # Forget gate bias 1 (gates ordered input, forget, cell, output).
+        b = jnp.zeros((4 * h,), jnp.float32).at[h : 2 * h].set(1.0)
+        # Top-level parts, so a recipe can meta-train a few numbers at a time (`trainable`).
+        return {
+            "basis": basis,
+            "lstm": {"w": w, "b": b},
+            "lr_head": {"w": jnp.zeros((h,), jnp.float32), "b": jnp.zeros((), jnp.float32)},
+            "mix_head": {"w": jnp.zeros((h, self.num_basis), jnp.float32), "b": jnp.zeros((self.num_basis,), jnp.float32)},
+            "log_step": jnp.zeros((), jnp.float32),
+        }
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def init_state(self, params: Any) -> VeLOState:
+        rule_state = self._rule.init_state(params)
+        leaves = jax.tree.leaves(params)
+        n, e = len(leaves), self.num_loss_emas
+        # The first step reads these statistics: gradients "agree" (0) and each tensor's own RMS.
+        log_rms_p = [
+            jnp.clip(0.5 * jnp.log(jnp.mean(jnp.square(p.astype(jnp.float32))) + 1e-30), -10.0, 2.0) / 5.0
+            for p in leaves
+        ]
+        stats = jnp.zeros((n, self.num_stats), jnp.float32).at[:, -1].set(jnp.stack(log_rms_p) if n else 0.0)
+        return VeLOState(
+            count=rule_state.count,
+            accumulators=rule_state.accumulators,
+            loss_ema_E=jnp.zeros((e,), jnp.float32),
+            loss_min=jnp.zeros((), jnp.float32),
+            loss_max=jnp.zeros((), jnp.float32),
+            lstm_h_NxH=jnp.zeros((n, self.lstm_hidden), jnp.float32),
+            lstm_c_NxH=jnp.zeros((n, self.lstm_hidden), jnp.float32),
+            stats_NxS=stats,
+        )
+
+    # ---- update ------------------------------------------------------------------------------
+
+    def update(self, theta, grads, state: VeLOState, params, *, loss=None, roles=None, num_steps=None):
+        """(updates, new_state) for one step; `num_steps` (the length of training) is required, and
+        `loss` too unless num_loss_emas is 0."""
+        if params is None:
+            raise ValueError("VeLOLOpt.update needs params (features and step scale read them): call tx.update(grads, state, params).")
+        if num_steps is None:
+            raise ValueError(
+                "VeLOLOpt (velo, mu_velo) controls its step over the length of training and needs it: "
+                "learned_opt.load(name, num_steps=N) or to_optax(arch, theta, num_steps=N), with N the "
+                "number of training steps."
+            )
+        if self.num_loss_emas and loss is None:
+            raise ValueError(
+                "VeLOLOpt reads the training loss: call tx.update(grads, state, params, loss=loss_value) "
+                "(optax.chain forwards it), or build it with num_loss_emas=0."
+            )
+        loss_parts, loss_rel = self._loss_features(state, loss, num_steps)
+        glob_X = jnp.concatenate([self._horizon_features(state.count, num_steps), loss_rel])
+
+        leaves_g, treedef = jax.tree.flatten(grads)
+        leaves_p = treedef.flatten_up_to(params)
+        leaves_acc = [acc_lib.as_leaf_accumulators(a) for a in treedef.flatten_up_to(state.accumulators)]
+        leaf_roles = mup.resolve_roles(params, roles)
+        n = len(leaves_g)
+        if n == 0:
+            raise ValueError("VeLOLOpt.update got params with no arrays: there is nothing to optimize.")
+        rank_Nx3 = jnp.asarray(
+            [[float(p.ndim <= 1), float(p.ndim == 2), float(p.ndim > 2)] for p in leaves_p], jnp.float32
+        )
+        h_prev, c_prev = jnp.asarray(state.lstm_h_NxH), jnp.asarray(state.lstm_c_NxH)
+        x_NxI = jnp.concatenate(
+            [
+                jnp.broadcast_to(glob_X, (n, glob_X.shape[0])),
+                jnp.asarray(state.stats_NxS),
+                rank_Nx3,
+                jnp.broadcast_to(jnp.mean(h_prev, axis=0), (n, self.lstm_hidden)),
+            ],
+            axis=1,
+        )
+        h_NxH, c_NxH = _lstm(theta["lstm"], x_NxI, h_prev, c_prev)
+        log_lr_N = self.log_lr(theta, h_NxH)
+        mix_NxK = jax.nn.softmax(h_NxH @ theta["mix_head"]["w"] + theta["mix_head"]["b"], axis=-1)
+        # Each tensor's network: the basis weighted by its mixture (weights, not outputs).
+        nets = jax.tree.map(lambda b: jnp.einsum("nk,k...->n...", mix_NxK, b), theta["basis"])
+
+        rule = self._rule
+        time_G = feat_lib.time_features(state.count, self.time_scales)
+        n_t = rule.num_tensor_features
+        first_ratio = rule._first_ratio_feature_index()
+        updates, new_acc, stats = [], [], []
+        for i, (g, p, acc, role) in enumerate(zip(leaves_g, leaves_p, leaves_acc, leaf_roles)):
+            net = jax.tree.map(lambda x: x[i], nets)
+            first = net["mlp"][0]
+            first_bias_H = first["b"] + time_G @ first["w"][n_t:]
+            shape = tuple(jnp.shape(p))
+            scale = mup.update_scale(shape, role, self.base_fan_in) if self.mup else 1.0
+            log_step = theta["log_step"] + math.log(self.step_mult * scale)
+            leaf_theta = {"mlp": net["mlp"], "skip": net["skip"], "tensor_log_step": log_lr_N[i]}
+            u, a, ms_E = rule._update_leaf(leaf_theta, first_bias_H, log_step, None, g, p, acc, role)
+            updates.append(u)
+            new_acc.append(a)
+            consistency = jnp.clip(0.5 * jnp.log(ms_E[first_ratio : first_ratio + len(self.momentum_decays)] + 1e-30), *_CONSISTENCY_RANGE)
+            log_rms_p = jnp.clip(0.5 * jnp.log(ms_E[0] + 1e-30), -10.0, 2.0) / 5.0
+            stats.append(jnp.concatenate([consistency, log_rms_p[None]]))
+        new_state = VeLOState(
+            count=state.count + 1,
+            accumulators=treedef.unflatten(new_acc),
+            loss_ema_E=loss_parts[0],
+            loss_min=loss_parts[1],
+            loss_max=loss_parts[2],
+            lstm_h_NxH=h_NxH,
+            lstm_c_NxH=c_NxH,
+            stats_NxS=jnp.stack(stats),
+        )
+        return treedef.unflatten(updates), new_state
+
+    def log_lr(self, theta, h_NxH):
+        """Each tensor's log step multiplier from its controller state (a state's `lstm_h_NxH`:
+        the multiplier the last step used)."""
+        return h_NxH @ theta["lr_head"]["w"] + theta["lr_head"]["b"]
+
+    def _horizon_features(self, count, num_steps):
+        """Where training is: the fraction features and log T (centred on 600 steps, halved)."""
+        T = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+        return jnp.concatenate(
+            [feat_lib.fraction_features(count, T, self.fraction_offsets), (0.5 * jnp.log(T / 600.0))[None]]
+        )
+
+    def _loss_features(self, state, loss, num_steps):
+        """((new EMAs, running min, running max), relative loss features (E - 1,))."""
+        e = self.num_loss_emas
+        if not e:
+            z = jnp.zeros((), jnp.float32)
+            return (jnp.asarray(state.loss_ema_E), z, z), jnp.zeros((0,), jnp.float32)
+        first = state.count == 0
+        loss = jnp.asarray(loss, jnp.float32)
+        loss = jnp.where(jnp.isfinite(loss), loss, jnp.where(first, 0.0, state.loss_max * 2.0))
+        # Clipped to twice the largest loss seen: one spike does not swamp every average.
+        loss = jnp.where(first, loss, jnp.minimum(loss, 2.0 * state.loss_max))
+        T = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 20.0)
+        half_lives_E = 10.0 * (T / 10.0) ** (jnp.arange(e, dtype=jnp.float32) / (e - 1))
+        decays_E = 0.5 ** (1.0 / half_lives_E)
+        prev_E = jnp.where(first, loss, jnp.asarray(state.loss_ema_E))
+        ema_E = decays_E * prev_E + (1.0 - decays_E) * loss
+        loss_min = jnp.where(first, ema_E[0], jnp.minimum(state.loss_min, ema_E[0]))
+        loss_max = jnp.where(first, loss, jnp.maximum(state.loss_max, loss))
+        above_E = ema_E - loss_min
+        rel = jnp.clip(above_E[:-1] / (jnp.abs(above_E[1:]) + 1e-8 * (jnp.abs(loss_min) + 1.0)) - 1.0, -1.0, 1.0)
+        rel = jnp.where(state.count < 2, 0.0, rel)
+        return (ema_E, loss_min, loss_max), rel
+
+
+def _lstm(params, x_NxI, h_NxH, c_NxH):
+    """One LSTM step for every tensor at once (gates: input, forget, cell, output)."""
+    z = jnp.concatenate([x_NxI, h_NxH], axis=1) @ params["w"] + params["b"]
+    i, f, g, o = jnp.split(z, 4, axis=1)
+    c = jax.nn.sigmoid(f) * c_NxH + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return jax.nn.sigmoid(o) * jnp.tanh(c), c
