@@ -27,7 +27,8 @@ X_BxD = jax.random.normal(jax.random.key(1), (16, 4))
 def _cases():
     cases = []
     for name, arch in learned_opt.ARCHITECTURES.items():
-        for impl in ("reference", "fused", "native"):
+        # mu_velo is velo with another per-tensor constant: its own impl only (CI time).
+        for impl in ("reference", "fused", "native") if name != "mu_velo" else (arch.impl,):
             try:
                 cases.append(pytest.param(dataclasses.replace(arch, impl=impl), id=f"{name}-{impl}"))
             except ValueError:  # the implementation refuses this network size
