@@ -41,7 +41,6 @@ from learned_opt import accumulators as acc_lib
 from learned_opt import features as feat_lib
 from learned_opt import mup
 from learned_opt.mlp_lopt import MLPLOpt
-from learned_opt.tree_util import matrix_shape
 
 VELO_FRACTION_OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 # Controller inputs per tensor (after the global ones): log RMS(m_k / sqrt v) per momentum decay,

@@ -19,3 +19,19 @@ def mixed_params(dtype=jnp.float32):
 @pytest.fixture
 def params():
     return mixed_params()
+
+
+def train(tx, loss_fn, params, num_steps):
+    """params after `num_steps` jitted steps of `tx` on `loss_fn(params)`, the loss passed along."""
+    import optax
+
+    @jax.jit
+    def step(p, s):
+        loss, g = jax.value_and_grad(loss_fn)(p)
+        u, s = tx.update(g, s, p, loss=loss)
+        return optax.apply_updates(p, u), s
+
+    p, s = params, tx.init(params)
+    for _ in range(num_steps):
+        p, s = step(p, s)
+    return p

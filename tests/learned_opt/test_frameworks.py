@@ -19,6 +19,7 @@ from flax import nnx
 from flax.training import train_state
 
 import learned_opt
+from tests.learned_opt.conftest import train
 
 STEPS = 3
 X_BxD = jax.random.normal(jax.random.key(1), (16, 4))
@@ -67,15 +68,7 @@ def test_nnx_optimizer_and_linen_train_state_step_like_a_plain_loop(arch):
     model = _NNXModel(nnx.Rngs(0))
     params0 = _linen_params(model)
 
-    @jax.jit
-    def plain_step(params, state):
-        loss, grads = jax.value_and_grad(_loss)(params)
-        updates, state = tx.update(grads, state, params, loss=loss)
-        return optax.apply_updates(params, updates), state
-
-    plain, state = params0, tx.init(params0)
-    for _ in range(STEPS):
-        plain, state = plain_step(plain, state)
+    plain = train(tx, _loss, params0, STEPS)
     assert float(_loss(plain)) < float(_loss(params0))
 
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import learned_opt
+from tests.learned_opt.conftest import train
 
 NAMES = learned_opt.list_pretrained()
 
@@ -28,15 +29,7 @@ def test_pretrained_loads_by_name_and_trains(name):
         logits = jax.nn.relu(x_BxD @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y_B).mean()
 
-    @jax.jit
-    def step(p, s):
-        loss, g = jax.value_and_grad(loss_fn)(p)
-        u, s = tx.update(g, s, p, loss=loss)
-        return optax.apply_updates(p, u), s
-
-    p, s = params, tx.init(params)
-    for _ in range(60):
-        p, s = step(p, s)
+    p = train(tx, loss_fn, params, 60)
     assert float(loss_fn(p)) < 0.5 * float(loss_fn(params))
 
 

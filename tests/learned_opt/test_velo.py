@@ -5,11 +5,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import learned_opt
 from learned_opt.velo import VeLOLOpt
+from tests.learned_opt.conftest import train
 
 VELO = learned_opt.ARCHITECTURES["velo"]
 MU_VELO = learned_opt.ARCHITECTURES["mu_velo"]
@@ -186,20 +186,8 @@ def test_untrained_velo_trains_and_round_trips_through_a_checkpoint(tmp_path):
     arch, loaded, _ = learned_opt.load_theta(path)
     assert arch == VELO
 
-    def train(tx):
-        @jax.jit
-        def step(p, s):
-            loss, g = jax.value_and_grad(loss_fn)(p)
-            u, s = tx.update(g, s, p, loss=loss)
-            return optax.apply_updates(p, u), s
-
-        p, s = params, tx.init(params)
-        for _ in range(50):
-            p, s = step(p, s)
-        return p
-
-    a = train(learned_opt.to_optax(VELO, theta, num_steps=50))
-    b = train(learned_opt.load(path, num_steps=50))
+    a = train(learned_opt.to_optax(VELO, theta, num_steps=50), loss_fn, params, 50)
+    b = train(learned_opt.load(path, num_steps=50), loss_fn, params, 50)
     for k in params:
         np.testing.assert_array_equal(a[k], b[k])
     assert float(loss_fn(a)) < 0.5 * float(loss_fn(params))
