@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from meta_train import families, robust
+from meta_train import families, fast_rng, robust
 from meta_train.config import MetaTrainConfig
 from meta_train.distribution.dispatch import LocalWorker
 from meta_train.estimators import make_estimator
@@ -117,6 +117,7 @@ def _round_key(key: jax.Array, round: int) -> jax.Array:
 
 def make_worker(config: MetaTrainConfig, parts: Components, index: int, task_pool: Any = None) -> LocalWorker:
     """Worker `index` with fresh unroll states, identical wherever it is built."""
+    fast_rng.use_unrolled_threefry_on_cpu()
     if task_pool is None:
         task_pool = make_task_pool(config, parts, index)
     theta = theta_template(config, parts.arch)  # replaced by the learner's theta each step

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from meta_train import fast_rng
 from meta_train.evaluation.specs import OptimizerSpec
 from tasks.base import held_out_loss
 
@@ -173,6 +174,7 @@ def run_grid(spec: OptimizerSpec, task, schedule: RunSchedule, *, cache: Program
              on_chunk: Callable[[int], None] | None = None) -> GridRuns:
     """All of `spec.learning_rates` x `schedule.num_seeds` runs of `task`; on_chunk(n) after each
     chunk of n LR points (for progress bars)."""
+    fast_rng.use_unrolled_threefry_on_cpu()
     lrs = np.asarray(spec.learning_rates, np.float32)
     per_lr = schedule.num_seeds * bytes_per_run(spec, task)
     chunk = int(min(len(lrs), max(1, schedule.memory_budget_bytes // max(per_lr, 1))))
