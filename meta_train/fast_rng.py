@@ -7,7 +7,8 @@ are many small kernels each step: the PES truncation of issue 18's setup (8 pair
 MLP (32, 32), batch 128, truncation 50) compiles to 29 while loops, the scan's and 28 threefry
 loops of 5 iterations x ~16 kernels. With JAX's own straight-line lowering on CPU too, the same
 truncation compiles to the scan alone, gives bit-identical results (the same hash: tested), ran
-1.13x the inner steps/s (interleaved A/B, machine shared) and compiled in 23 s instead of 40 s.
+1.05x the inner steps/s on quiet cores (1.13x with the machine shared; interleaved A/B) and
+compiled in 23 s instead of 40 s.
 
 This reaches into JAX's internals (the lowering rule of `threefry2x32_p`); where a JAX version
 has moved them, `use_unrolled_threefry_on_cpu` changes nothing and says so by returning False.
