@@ -44,8 +44,7 @@ from learned_opt.mlp_lopt import MLPLOpt
 
 VELO_FRACTION_OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 # Controller inputs per tensor (after the global ones): log RMS(m_k / sqrt v) per momentum decay,
-# log RMS(p) / 5, and the rank as [vector, matrix, higher].
-_RANK_FEATURES = 3
+# log RMS(p) / 5 (the rank, as [vector, matrix, higher], follows them).
 _CONSISTENCY_RANGE = (-5.0, 1.0)
 
 
