@@ -124,7 +124,6 @@ def native_pass(arch, params):
     from learned_opt import native
     from learned_opt.tree_util import matrix_shape
 
-    arch = getattr(arch, "rule", arch)  # velo: the per-parameter rule of its basis
     spec = native.KernelSpec(len(arch.momentum_decays), len(arch.adafactor_decays), arch.hidden_sizes)
     e, o, na = spec.num_elementwise, spec.num_outputs, spec.n_adafactor
     acc_dtype = jnp.dtype(arch.accumulator_dtype)
@@ -171,7 +170,6 @@ def native_pass_bytes(arch, params) -> int:
 def network_flops_per_param(arch) -> int:
     """FLOPs of the per-parameter network alone (multiply-adds x 2, skip included): a lower
     bound on the update's work, which also computes features and accumulators."""
-    arch = getattr(arch, "rule", arch)  # velo: the per-parameter rule of its basis
     sizes = (arch.num_tensor_features, *arch.hidden_sizes, 2)
     macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) + arch.num_tensor_features
     return 2 * macs
@@ -216,10 +214,10 @@ def main(argv=None):
     lopts = {impl: learned_opt.to_optax(dataclasses.replace(arch, impl=impl), theta, num_steps=1000) for impl in impls}
     adamw = optax.adamw(1e-3)
     print(f"device: {jax.devices()[0].device_kind}  arch: {args.arch} {arch}")
-    rule = getattr(arch, "rule", arch)
+    rule = getattr(arch, "rule", arch)  # the per-parameter network (velo: of its basis)
     print(f"meta-parameters: {learned_opt.num_params(theta):,}  per-parameter network: "
           f"{' -> '.join(map(str, (rule.num_features, *rule.hidden_sizes, 2)))}")
-    net_flops = network_flops_per_param(arch)
+    net_flops = network_flops_per_param(rule)
     print(f"network: {net_flops} FLOPs per parameter; f32 matmul: {MATMUL_N}^3")
     print(f"{'size':>6} {'params':>10} {'impl':>9} | {'full adamw':>11} {'full lopt':>11} {'ratio':>7} | "
           f"{'upd adamw':>10} {'upd lopt':>10} {'ratio':>7} | {'net GFLOP/s':>11} {'of matmul':>9} | "
@@ -240,7 +238,7 @@ def main(argv=None):
         upds = interleaved_medians(
             [(upd, (copy(params), tx.init(params))) for tx, (_, upd) in zip(txs, steps)], args.repeats)
         if "native" in lopts:
-            (t_pass,) = interleaved_medians([native_pass(arch, params)], args.repeats)
+            (t_pass,) = interleaved_medians([native_pass(rule, params)], args.repeats)
             t_pass /= PASSES_PER_CALL
         matmul = max(matmul_before, matmul_flops_per_s(args.repeats))  # the faster: conservative
         if "native" in lopts:
@@ -258,7 +256,7 @@ def main(argv=None):
         print(f"{'':>17} f32 matmul (before/after the updates, the faster): {matmul / 1e9:.0f} GFLOP/s")
         if "native" in lopts:
             achieved = net_flops * n / t_pass
-            moved = native_pass_bytes(arch, params) / t_pass
+            moved = native_pass_bytes(rule, params) / t_pass
             print(f"{'':>17} the native per-element pass alone: {t_pass * 1e3:.2f} ms, {achieved / 1e9:.1f} "
                   f"GFLOP/s of network = {achieved / matmul:.1%} of the matmul's; "
                   f"{moved / 1e9:.1f} GB/s moved = {moved / stream:.0%} of XLA's stream {stream / 1e9:.1f} GB/s")

@@ -94,6 +94,11 @@ def log_remaining_fraction(count: jax.Array, num_steps: jax.Array) -> jax.Array:
     return jnp.log(jnp.maximum(T - t, 1.0) / T)
 
 
+def log_horizon(num_steps: jax.Array) -> jax.Array:
+    """0.5 log(T / 600): the length of training as an O(1) input for 100-4000 steps."""
+    return 0.5 * jnp.log(jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0) / 600.0)
+
+
 def fraction_features(count: jax.Array, num_steps: jax.Array, offsets: tuple[float, ...]) -> jax.Array:
     """tanh(10 (t / T - x)) for each offset x (VeLO's fraction-of-training features).
 

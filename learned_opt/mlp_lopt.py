@@ -461,7 +461,7 @@ class MLPLOpt:
         for 100-4000 steps."""
         if not self.has_controller:
             return None
-        log_horizon = 0.5 * jnp.log(jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0) / 600.0)
+        log_horizon = feat_lib.log_horizon(num_steps)
         if self.controller_linear:
             if self.controller_decay_terms:
                 return jnp.stack([log_horizon, feat_lib.log_remaining_fraction(count, num_steps)])

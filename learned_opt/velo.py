@@ -224,10 +224,7 @@ class VeLOLOpt:
         leaves = jax.tree.leaves(params)
         n, e = len(leaves), self.num_loss_emas
         # The first step reads these statistics: gradients "agree" (0) and each tensor's own RMS.
-        log_rms_p = [
-            jnp.clip(0.5 * jnp.log(jnp.mean(jnp.square(p.astype(jnp.float32))) + 1e-30), -10.0, 2.0) / 5.0
-            for p in leaves
-        ]
+        log_rms_p = [_log_rms_p_feature(jnp.mean(jnp.square(p.astype(jnp.float32)))) for p in leaves]
         stats = jnp.zeros((n, self.num_stats), jnp.float32).at[:, -1].set(jnp.stack(log_rms_p) if n else 0.0)
         return VeLOState(
             count=rule_state.count,
@@ -304,7 +301,7 @@ class VeLOLOpt:
             updates.append(u)
             new_acc.append(a)
             consistency = jnp.clip(0.5 * jnp.log(ms_E[first_ratio : first_ratio + len(self.momentum_decays)] + 1e-30), *_CONSISTENCY_RANGE)
-            log_rms_p = jnp.clip(0.5 * jnp.log(ms_E[0] + 1e-30), -10.0, 2.0) / 5.0
+            log_rms_p = _log_rms_p_feature(ms_E[0])
             stats.append(jnp.concatenate([consistency, log_rms_p[None]]))
         new_state = VeLOState(
             count=state.count + 1,
@@ -325,9 +322,8 @@ class VeLOLOpt:
 
     def _horizon_features(self, count, num_steps):
         """Where training is: the fraction features and log T (centred on 600 steps, halved)."""
-        T = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
         return jnp.concatenate(
-            [feat_lib.fraction_features(count, T, self.fraction_offsets), (0.5 * jnp.log(T / 600.0))[None]]
+            [feat_lib.fraction_features(count, num_steps, self.fraction_offsets), feat_lib.log_horizon(num_steps)[None]]
         )
 
     def _loss_features(self, state, loss, num_steps):
@@ -352,6 +348,11 @@ class VeLOLOpt:
         rel = jnp.clip(above_E[:-1] / (jnp.abs(above_E[1:]) + 1e-8 * (jnp.abs(loss_min) + 1.0)) - 1.0, -1.0, 1.0)
         rel = jnp.where(state.count < 2, 0.0, rel)
         return (ema_E, loss_min, loss_max), rel
+
+
+def _log_rms_p_feature(mean_square: jax.Array) -> jax.Array:
+    """The controller's log RMS(p) input from p's mean square: clipped to [-10, 2], over 5."""
+    return jnp.clip(0.5 * jnp.log(mean_square + 1e-30), -10.0, 2.0) / 5.0
 
 
 def _lstm(params, x_NxI, h_NxH, c_NxH):
