@@ -8,6 +8,7 @@ Global features (training step, loss) are the same for every parameter.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -97,6 +98,14 @@ def log_remaining_fraction(count: jax.Array, num_steps: jax.Array) -> jax.Array:
 def log_horizon(num_steps: jax.Array) -> jax.Array:
     """0.5 log(T / 600): the length of training as an O(1) input for 100-4000 steps."""
     return 0.5 * jnp.log(jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0) / 600.0)
+
+
+def log_num_matrices(tree) -> float:
+    """log(M / 3), M the number of leaves of 2 or more dimensions (at least 1): a model's depth
+    as a static O(1) input, 0 for a 3-layer MLP. It counts weight tensors, so a transformer
+    block's attention and MLP matrices count each."""
+    num = sum(1 for leaf in jax.tree.leaves(tree) if jnp.ndim(leaf) >= 2)
+    return math.log(max(num, 1) / 3.0)
 
 
 def fraction_features(count: jax.Array, num_steps: jax.Array, offsets: tuple[float, ...]) -> jax.Array:

@@ -115,6 +115,11 @@ class MLPLOpt:
         sqrt(v)) per momentum decay: a per-tensor change of the decay power, so the step can
         decay where gradients are noise and hold where they still agree (memorizing tasks,
         whose gradients have no noise floor, lose to decaying schedules).
+    controller_depth: the linear controller also reads log(M / 3), M the number of weight
+        tensors of 2 or more dimensions in the model (its layer count for an MLP or a CNN): a
+        learned power of the depth in every tensor's step. mu-P fixes a step's size across
+        widths, not depths, and a controller meta-trained at depths 2-6 otherwise sets one level
+        for all of them (depth 8 is where the decay-terms controller broke). Static per model.
     normalizer_samples: a tensor's feature normalizers (RMS over the tensor) are estimated on a
         strided grid of at most this many of its elements, exact where the grid is not
         representative (learned_opt.normalizers); 0 uses every element. Tensors up to this
@@ -146,6 +151,7 @@ class MLPLOpt:
     controller_hidden: int = 0
     controller_linear: bool = False
     controller_decay_terms: bool = False
+    controller_depth: bool = False
 
     def __post_init__(self):
         # Accept lists (from JSON / YAML) but store tuples so the dataclass stays hashable.
@@ -222,6 +228,13 @@ class MLPLOpt:
             raise ValueError(f"MLPLOpt.controller_linear={self.controller_linear!r}: expected true or false.")
         if not isinstance(self.controller_decay_terms, bool):
             raise ValueError(f"MLPLOpt.controller_decay_terms={self.controller_decay_terms!r}: expected true or false.")
+        if not isinstance(self.controller_depth, bool):
+            raise ValueError(f"MLPLOpt.controller_depth={self.controller_depth!r}: expected true or false.")
+        if self.controller_depth and not self.controller_linear:
+            raise ValueError(
+                "MLPLOpt(controller_depth=True) adds an input to the linear per-tensor controller: "
+                "set controller_linear=True too."
+            )
         if self.controller_decay_terms and not self.controller_linear:
             raise ValueError(
                 "MLPLOpt(controller_decay_terms=True) adds inputs to the linear per-tensor controller: "
@@ -293,6 +306,7 @@ class MLPLOpt:
             + [f"log_rms_m{d}*rsqrt_v" for d in self.momentum_decays]
             + ["is_vector"]
             + ([f"log_remaining*log_rms_m{d}*rsqrt_v" for d in self.momentum_decays] if self.controller_decay_terms else [])
+            + (["log_num_matrices"] if self.controller_depth else [])
         )
 
     @property
@@ -392,7 +406,7 @@ class MLPLOpt:
             )
         loss_ema_L, glob_G, loss_rel = self._global_features(state, loss)
         log_step = theta["log_step"] + self._schedule(theta, state.count, num_steps, loss_rel)
-        ctrl_glob = self._controller_globals(state.count, num_steps)
+        ctrl_glob = self._controller_globals(state.count, num_steps, grads)
         # The global features add the same vector to every parameter's first hidden layer.
         first = theta["mlp"][0]
         n_t = self.num_tensor_features
@@ -455,17 +469,21 @@ class MLPLOpt:
             )
         return log_mult
 
-    def _controller_globals(self, count, num_steps):
+    def _controller_globals(self, count, num_steps, grads):
         """The controller's inputs shared by every tensor: fraction features (not for the linear
         one) and log T (None without a controller). log T is centred on 600 steps, halved: O(1)
-        for 100-4000 steps."""
+        for 100-4000 steps. The linear one's are [log T, log remaining fraction (decay terms),
+        log(M / 3) (depth)], the optional ones present or not."""
         if not self.has_controller:
             return None
         log_horizon = feat_lib.log_horizon(num_steps)
         if self.controller_linear:
+            glob = [log_horizon]
             if self.controller_decay_terms:
-                return jnp.stack([log_horizon, feat_lib.log_remaining_fraction(count, num_steps)])
-            return log_horizon[None]
+                glob.append(feat_lib.log_remaining_fraction(count, num_steps))
+            if self.controller_depth:
+                glob.append(jnp.asarray(feat_lib.log_num_matrices(grads), jnp.float32))
+            return jnp.stack(glob)
         frac_X = feat_lib.fraction_features(count, num_steps, self.fraction_offsets)
         return jnp.concatenate([frac_X, log_horizon[None]])
 
@@ -480,8 +498,12 @@ class MLPLOpt:
         first, n_m = self._first_ratio_feature_index(), len(self.momentum_decays)
         log_rms_M = 0.5 * jnp.log(ms_E[first : first + n_m] + 1e-12)
         is_vector = jnp.full((1,), 1.0 if len(shape) <= 1 else 0.0, jnp.float32)
-        if self.controller_decay_terms:  # ctrl_glob = [log T, log remaining fraction]
-            x = [ctrl_glob[:1], log_rms_M, is_vector, ctrl_glob[1] * log_rms_M]
+        if self.controller_linear:  # ctrl_glob: [log T, log remaining fraction?, log(M / 3)?]
+            x = [ctrl_glob[:1], log_rms_M, is_vector]
+            if self.controller_decay_terms:
+                x.append(ctrl_glob[1] * log_rms_M)
+            if self.controller_depth:
+                x.append(ctrl_glob[-1:])
             return _log_step_head(theta["controller"], jnp.concatenate(x))
         return _log_step_head(theta["controller"], jnp.concatenate([ctrl_glob, log_rms_M, is_vector]))
 

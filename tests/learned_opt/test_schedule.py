@@ -109,11 +109,11 @@ def _controller_theta(feature: str, scale: float = 1.0):
     return {**theta, "controller": dict(c, w=w, w_out=jnp.zeros_like(c["w_out"]).at[0].set(1.0))}
 
 
-def _update_sizes(arch, theta, grads_fn, steps, num_steps=100):
+def _update_sizes(arch, theta, grads_fn, steps, num_steps=100, params=PARAMS):
     tx = learned_opt.to_optax(arch, theta, num_steps=num_steps)
-    step, state, out = jax.jit(tx.update), tx.init(PARAMS), []
+    step, state, out = jax.jit(tx.update), tx.init(params), []
     for t in range(steps):
-        u, state = step(grads_fn(t), state, PARAMS)
+        u, state = step(grads_fn(t), state, params)
         out.append({k: float(jnp.sqrt(jnp.mean(v**2))) for k, v in u.items()})
     return out
 
@@ -223,3 +223,27 @@ def test_linear_controller_decay_terms_change_the_decay_power_per_tensor():
     with pytest.raises(ValueError, match="set controller_linear=True too"):
         dataclasses.replace(ARCH, controller_decay_terms=True)
 
+
+
+@pytest.mark.parametrize("impl", ["reference", "native"])
+def test_linear_controller_depth_input_is_a_power_of_the_number_of_matrices(impl):
+    """With weight c on log(M / 3), every tensor's step is multiplied by (M / 3)^c: the same
+    gradients give a smaller step in a model with more weight matrices (c < 0), and the input
+    counts matrices, not vectors."""
+    arch = dataclasses.replace(LINEAR, controller_decay_terms=True, controller_depth=True, impl=impl)
+    names = arch.controller_features()
+    assert names[-1] == "log_num_matrices" and len(names) == 9
+    base = arch.init_theta(jax.random.key(0))
+    w = jnp.zeros(len(names)).at[-1].set(-0.5)
+    deep = {**base, "controller": {"w_out": w, "b_out": jnp.asarray(0.0)}}
+    ratios = {}
+    for num_matrices in (1, 3, 12):
+        params = {f"w{i}": PARAMS["w"] for i in range(num_matrices)} | {"b": PARAMS["b"]}
+        grads = lambda t, params=params: params  # noqa: E731
+        got = _update_sizes(arch, deep, grads, 1, params=params, num_steps=100)[0]
+        ref = _update_sizes(arch, base, grads, 1, params=params, num_steps=100)[0]
+        ratios[num_matrices] = (got["w0"] / ref["w0"], got["b"] / ref["b"])
+    for m, (r_w, r_b) in ratios.items():
+        np.testing.assert_allclose([r_w, r_b], (m / 3.0) ** -0.5, rtol=1e-4)
+    with pytest.raises(ValueError, match="controller_depth=True\\) adds an input .* set controller_linear=True"):
+        dataclasses.replace(ARCH, controller_depth=True)
