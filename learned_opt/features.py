@@ -26,6 +26,17 @@ RSQRT_EPS = 1e-30
 # A bare rsqrt feature is capped at this multiple of its value at the tensor's mean (see
 # `capped_rsqrt`).
 RSQRT_CAP = 10.0
+# The Adam-like ratios (m * rsqrt(v), g and m * rsqrt of Adafactor's factored v) are clipped to
+# this magnitude. Adam's own ratio stays under ~3 in practice, but the factored estimate can be
+# far below an element's true g^2 (a row and a column that both went quiet): a network that
+# reads the ratio unnormalized (normalize_adam_features=False) then got inputs of 1e3-1e6 and
+# moved single weights by 1e3 in one step (mu_velo on a depth-8 MLP, docs/design_notes.md).
+RATIO_CLIP = 10.0
+
+
+def clip_ratio(x: jax.Array) -> jax.Array:
+    """An Adam-like ratio feature clipped to [-RATIO_CLIP, RATIO_CLIP]."""
+    return jnp.clip(x, -RATIO_CLIP, RATIO_CLIP)
 
 
 class TensorFeatures(NamedTuple):

@@ -576,9 +576,9 @@ class MLPLOpt:
             [p_RxC, g_RxC, jnp.clip(g_RxC, -0.1, 0.1)]
             + m
             + [cap(rsqrt_v, scales.rms_mean)]
-            + [mk * rsqrt_v for mk in m]
-            + [g_RxC * r for r in rsqrt_fac]
-            + [mk * rsqrt_fac[-1] for mk in m]
+            + [feat_lib.clip_ratio(mk * rsqrt_v) for mk in m]
+            + [feat_lib.clip_ratio(g_RxC * r) for r in rsqrt_fac]
+            + [feat_lib.clip_ratio(mk * rsqrt_fac[-1]) for mk in m]
         )
         return feat_lib.TensorFeatures(
             elementwise, cap(rsqrt_row_AxR, scales.row_mean_Ax1), cap(rsqrt_col_AxC, scales.col_mean_Ax1)

@@ -74,9 +74,9 @@ def _reference_features(spec: KernelSpec, p, g, m, v, srow, scol, scal):
         [p.astype(jnp.float32), g, jnp.clip(g, -0.1, 0.1)]
         + m_st
         + [jnp.minimum(rv, scal[2 * nm + 2])]
-        + [mk * rv for mk in m_st]
-        + [g * f for f in fac]
-        + [mk * fac[-1] for mk in m_st]
+        + [feat_lib.clip_ratio(mk * rv) for mk in m_st]
+        + [feat_lib.clip_ratio(g * f) for f in fac]
+        + [feat_lib.clip_ratio(mk * fac[-1]) for mk in m_st]
     )
     return feats, jnp.stack(m_new).astype(acc_dtype), v_new.astype(v.dtype)
 

@@ -72,6 +72,7 @@ constexpr int MAXH = max_hidden();
 
 constexpr float GRAD_CLIP = 1e12f;
 constexpr float RSQRT_EPS = 1e-30f;
+constexpr float RATIO_CLIP = 10.0f;  // features.RATIO_CLIP
 
 typedef float vf __attribute__((vector_size(4 * L)));
 typedef uint32_t vu __attribute__((vector_size(4 * L)));
@@ -251,9 +252,9 @@ struct Member {
     if (WRITE) store<FULL>(v + i, v_, n);
     vf rv = rsqrt(stored(v_, v) + RSQRT_EPS);
     x[e++] = vmin(rv, scal[2 * NM + 2]);
-    for (int k = 0; k < NM; ++k) x[e++] = m_[k] * rv;
-    for (int a = 0; a < NA; ++a) x[e++] = g_ * fac[a];
-    for (int k = 0; k < NM; ++k) x[e++] = m_[k] * fac[NA - 1];
+    for (int k = 0; k < NM; ++k) x[e++] = clip(m_[k] * rv, -RATIO_CLIP, RATIO_CLIP);
+    for (int a = 0; a < NA; ++a) x[e++] = clip(g_ * fac[a], -RATIO_CLIP, RATIO_CLIP);
+    for (int k = 0; k < NM; ++k) x[e++] = clip(m_[k] * fac[NA - 1], -RATIO_CLIP, RATIO_CLIP);
   }
 
   // The step for elements [i, i + n) is two halves, so that a row's blocks can run each half

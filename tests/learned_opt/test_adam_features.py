@@ -94,3 +94,32 @@ def test_bf16_state_second_moment_still_decays(impl):
     assert acc.momentum_MxRxC.dtype == jnp.bfloat16 and acc.rms_RxC.dtype == jnp.float32
     peak = float(v_T[50])
     np.testing.assert_allclose(float(acc.rms_RxC.mean()) / peak, 0.999 ** 300, rtol=1e-3)
+
+
+def test_factored_ratio_of_a_quiet_row_and_column_is_clipped_in_every_impl():
+    """Gradients of 1e3 only in the block [:4, :4] for 30 steps, then 1e-3 in element (5, 7):
+    the factored second moment there (its row's times its column's, over the large mean row) is
+    ~1e-21, so g * rsqrt(factored v) is ~1e7 where Adam's own ratio is ~3. With the ratio
+    features clipped at features.RATIO_CLIP, the raw (unnormalized) network's step stays the
+    size of an ordinary one, the same in every impl. Unclipped, mu_velo moved single weights of
+    a depth-8 MLP by 1e3 in one step."""
+    mask = jnp.zeros((64, 32)).at[:4, :4].set(1.0)
+    grads_T = [1e3 * mask * jax.random.normal(jax.random.key(t), (64, 32)) for t in range(30)]
+    spike = jnp.zeros((64, 32)).at[5, 7].set(1e-3)
+    arch = dataclasses.replace(RAW, loss_features=False, mup=False)
+    theta = _random_theta(arch)
+    params = {"w": jax.random.normal(jax.random.key(3), (64, 32))}
+    last = {}
+    for impl in ("reference", "fused", "native"):
+        a = dataclasses.replace(arch, impl=impl)
+        state, step = a.init_state(params), jax.jit(a.update)
+        for g in grads_T:
+            _, state = step(theta, {"w": g}, state, params)
+        updates, _ = step(theta, {"w": spike}, state, params)
+        last[impl] = np.asarray(updates["w"])
+    for impl in ("fused", "native"):
+        np.testing.assert_allclose(last[impl], last["reference"], rtol=1e-4, atol=1e-7)
+    ordinary = np.max(np.abs(np.delete(last["reference"], 5, axis=0)))
+    # Unclipped, this theta's network saturates on the 1e7 input and gives exactly 0 here;
+    # another theta's gives a step of 1e3 (the depth-8 run).
+    assert np.isfinite(last["reference"]).all() and 0.01 * ordinary < abs(last["reference"][5, 7]) < 20 * ordinary
