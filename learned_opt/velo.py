@@ -94,6 +94,11 @@ class VeLOLOpt:
         absolute (times mu-P's factor with `mup`) without.
     param_scale, param_scale_floor: take each tensor's step relative to its RMS.
     mup, base_fan_in: multiply each tensor's step by mu-P's factor (learned_opt.mup).
+    schedule_decay: None (the default) for none, or the initial power p0 of a decay to the end
+        shared by every tensor: the log step gains p * log((T - t) / T), p =
+        max(theta["schedule_decay"], 0) (MLPLOpt's term). The LR head reads tanh fraction
+        features, which saturate: it cannot reach zero at the end, and short meta-training
+        leaves it flat there (the 500-outer-step mu_velo ends at ~3.5x its base step).
     """
 
     name: ClassVar[str] = "velo_lopt"
@@ -117,6 +122,7 @@ class VeLOLOpt:
     param_scale_floor: float = 0.03
     mup: bool = False
     base_fan_in: int = 64
+    schedule_decay: float | None = None
 
     def __post_init__(self):
         for f in ("hidden_sizes", "momentum_decays", "adafactor_decays", "time_scales", "fraction_offsets"):
@@ -140,6 +146,15 @@ class VeLOLOpt:
             raise ValueError(
                 "VeLOLOpt(param_scale=False, mup=False) would take one absolute step size for every "
                 "tensor at every width: set param_scale=True (VeLO) or mup=True (mu_velo)."
+            )
+        if self.schedule_decay is not None and (
+            isinstance(self.schedule_decay, bool)
+            or not isinstance(self.schedule_decay, (int, float))
+            or not 0 <= self.schedule_decay < math.inf
+        ):
+            raise ValueError(
+                f"VeLOLOpt.schedule_decay={self.schedule_decay!r}: expected None or a finite power >= 0 "
+                "(1.0: linear decay to zero at the end)."
             )
         if not (isinstance(self.step_mult, (int, float)) and self.step_mult > 0):
             raise ValueError(f"VeLOLOpt.step_mult={self.step_mult!r}: expected a positive number.")
@@ -209,13 +224,16 @@ class VeLOLOpt:
         # Forget gate bias 1 (gates ordered input, forget, cell, output).
         b = jnp.zeros((4 * h,), jnp.float32).at[h : 2 * h].set(1.0)
         # Top-level parts, so a recipe can meta-train a few numbers at a time (`trainable`).
-        return {
+        theta = {
             "basis": basis,
             "lstm": {"w": w, "b": b},
             "lr_head": {"w": jnp.zeros((h,), jnp.float32), "b": jnp.zeros((), jnp.float32)},
             "mix_head": {"w": jnp.zeros((h, self.num_basis), jnp.float32), "b": jnp.zeros((self.num_basis,), jnp.float32)},
             "log_step": jnp.zeros((), jnp.float32),
         }
+        if self.schedule_decay is not None:
+            theta["schedule_decay"] = jnp.asarray(self.schedule_decay, jnp.float32)
+        return theta
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -280,6 +298,9 @@ class VeLOLOpt:
         )
         h_NxH, c_NxH = _lstm(theta["lstm"], x_NxI, h_prev, c_prev)
         log_lr_N = self.log_lr(theta, h_NxH)
+        if self.schedule_decay is not None:
+            decay = jnp.maximum(theta["schedule_decay"], 0.0) * feat_lib.log_remaining_fraction(state.count, num_steps)
+            log_lr_N = log_lr_N + decay
         mix_NxK = jax.nn.softmax(h_NxH @ theta["mix_head"]["w"] + theta["mix_head"]["b"], axis=-1)
         # Each tensor's network: the basis weighted by its mixture (weights, not outputs).
         nets = jax.tree.map(lambda b: jnp.einsum("nk,k...->n...", mix_NxK, b), theta["basis"])

@@ -69,11 +69,30 @@ def test_num_steps_and_loss_are_required_with_clear_errors():
         ({"fraction_offsets": ()}, "fraction_offsets"),
         ({"impl": "cuda"}, "impl='cuda'"),
         ({"hidden_sizes": (64, 64)}, "impl='reference'"),
+        ({"schedule_decay": -1.0}, "schedule_decay=-1.0"),
+        ({"schedule_decay": True}, "schedule_decay=True"),
     ],
 )
 def test_bad_config_names_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VeLOLOpt(**kwargs)
+
+
+def test_schedule_decay_takes_every_step_to_zero_at_the_end():
+    """With schedule_decay p, step t of T is ((T - t) / T)^p times the step without it, in every
+    tensor; the last step is 1 / T^p of it (the remaining fraction is floored at 1 / T)."""
+    params, grads, T = _params(), _grads(_params()), 8
+    decaying = dataclasses.replace(MU_VELO, schedule_decay=1.5)
+    theta = decaying.init_theta(jax.random.key(0))
+    assert float(theta["schedule_decay"]) == 1.5
+    flat = {k: v for k, v in theta.items() if k != "schedule_decay"}
+    for steps in (1, 4, T):
+        got, _ = _updates(decaying, theta, params, grads, num_steps=T, steps=steps)
+        ref, _ = _updates(MU_VELO, flat, params, grads, num_steps=T, steps=steps)
+        t = steps - 1  # the count before the last update
+        want = (max(T - t, 1) / T) ** 1.5
+        for name in params:
+            np.testing.assert_allclose(np.asarray(got[name]), want * np.asarray(ref[name]), rtol=1e-4, atol=1e-9)
 
 
 def test_implementations_agree():
