@@ -98,7 +98,7 @@ class VeLOLOpt:
         shared by every tensor: the log step gains p * log((T - t) / T), p =
         max(theta["schedule_decay"], 0) (MLPLOpt's term). The LR head reads tanh fraction
         features, which saturate: it cannot reach zero at the end, and short meta-training
-        leaves it flat there (the 500-outer-step mu_velo ends at ~3.5x its base step).
+        leaves it flat there (the 500-outer-step mu_velo ends at ~6x its base step).
     """
 
     name: ClassVar[str] = "velo_lopt"
