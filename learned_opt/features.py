@@ -106,6 +106,13 @@ def log_remaining_fraction(count: jax.Array, num_steps: jax.Array) -> jax.Array:
     return jnp.log(jnp.maximum(T - t, 1.0) / T)
 
 
+def log_decay_to_end(power: jax.Array, count: jax.Array, num_steps: jax.Array) -> jax.Array:
+    """max(power, 0) * log((T - t) / T): the log of a learned polynomial decay (1 - t/T)^p to the
+    end of training (MLPLOpt's and VeLOLOpt's `schedule_decay`). A negative power is clamped to
+    no decay, so a perturbation past 0 cannot turn it into growth."""
+    return jnp.maximum(power, 0.0) * log_remaining_fraction(count, num_steps)
+
+
 def log_horizon(num_steps: jax.Array) -> jax.Array:
     """0.5 log(T / 600): the length of training as an O(1) input for 100-4000 steps."""
     return 0.5 * jnp.log(jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0) / 600.0)

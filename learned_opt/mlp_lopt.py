@@ -464,9 +464,7 @@ class MLPLOpt:
             feats.append(loss_rel)
         log_mult = _log_step_head(theta["schedule"], jnp.concatenate(feats))
         if self.schedule_decay is not None:
-            log_mult = log_mult + jnp.maximum(theta["schedule_decay"], 0.0) * feat_lib.log_remaining_fraction(
-                count, num_steps
-            )
+            log_mult = log_mult + feat_lib.log_decay_to_end(theta["schedule_decay"], count, num_steps)
         return log_mult
 
     def _controller_globals(self, count, num_steps, grads):

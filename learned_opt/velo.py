@@ -299,8 +299,7 @@ class VeLOLOpt:
         h_NxH, c_NxH = _lstm(theta["lstm"], x_NxI, h_prev, c_prev)
         log_lr_N = self.log_lr(theta, h_NxH)
         if self.schedule_decay is not None:
-            decay = jnp.maximum(theta["schedule_decay"], 0.0) * feat_lib.log_remaining_fraction(state.count, num_steps)
-            log_lr_N = log_lr_N + decay
+            log_lr_N = log_lr_N + feat_lib.log_decay_to_end(theta["schedule_decay"], state.count, num_steps)
         mix_NxK = jax.nn.softmax(h_NxH @ theta["mix_head"]["w"] + theta["mix_head"]["b"], axis=-1)
         # Each tensor's network: the basis weighted by its mixture (weights, not outputs).
         nets = jax.tree.map(lambda b: jnp.einsum("nk,k...->n...", mix_NxK, b), theta["basis"])
