@@ -68,6 +68,7 @@ TASK_FAMILIES: dict[str, Callable[..., Any]] = {
     "meta_train_small": _from_tasks_package("meta_train_small"),
     "mlp": _from_tasks_package("MLPFamily"),
     "cnn": _from_tasks_package("CNNFamily"),
+    "lm": _from_tasks_package("LanguageModelFamily"),
     "mixture": _mixture,
 }
 

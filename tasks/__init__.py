@@ -10,7 +10,7 @@ require_meta("tasks")
 
 from tasks.base import Task, TaskFamily, TaskInfo, held_out_loss
 from tasks.classification import ClassificationTask, make_classification_task
-from tasks.families import CNNFamily, MixtureFamily, MLPFamily
+from tasks.families import CNNFamily, LanguageModelFamily, MixtureFamily, MLPFamily
 from tasks.language_model import LanguageModelTask, make_language_model_task
 from tasks.specs import ClassificationSpec, LanguageModelSpec
 from tasks.stacking import stack_tasks
@@ -18,7 +18,7 @@ from tasks.suites import FAMILIES, SUITES, SuiteEntry, meta_train_small
 
 __all__ = [
     "held_out_loss", "meta_train_small", "FAMILIES", "SUITES", "SuiteEntry", "LanguageModelTask", "make_language_model_task",
-    "ClassificationSpec", "ClassificationTask", "CNNFamily", "LanguageModelSpec", "MixtureFamily",
+    "ClassificationSpec", "ClassificationTask", "CNNFamily", "LanguageModelFamily", "LanguageModelSpec", "MixtureFamily",
     "MLPFamily", "Task",
     "TaskFamily", "TaskInfo", "make_classification_task", "stack_tasks",
 ]

@@ -1,7 +1,8 @@
 """Task families: distributions over task configurations, sampled on the host.
 
 `MLPFamily` and `CNNFamily` draw the static choices (dataset, width, depth, activation, batch
-size, horizon) and a log-uniform init scale. `sample_population` keeps one static choice and
+size, horizon) and a log-uniform init scale; `LanguageModelFamily` draws small byte-level
+transformers the same way. `sample_population` keeps one static choice and
 varies the init scale per member, so the members stack into one vmappable task.
 `MixtureFamily` draws a family first (weighted), then a task from it: meta-training on more than
 one architecture with one worker pool, each worker's population one family's configuration.
@@ -19,7 +20,8 @@ import numpy as np
 from tasks.base import Task, TaskFamily
 from tasks.models.cnn import CNNConfig
 from tasks.models.mlp import MLPConfig
-from tasks.specs import ClassificationSpec
+from tasks.models.transformer import TransformerConfig
+from tasks.specs import ClassificationSpec, LanguageModelSpec
 from tasks.stacking import stack_tasks
 
 NUM_CLASSES = {"mnist1d": 10, "digits": 10}
@@ -117,6 +119,54 @@ class CNNFamily(MLPFamily):
 
     config_class: ClassVar[type] = CNNConfig
     supported_datasets: ClassVar[tuple[str, ...]] = IMAGE_DATASETS
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModelFamily(MLPFamily):
+    """Byte-level transformer LMs (`tasks.models.transformer`) on text datasets.
+
+    Fields as `MLPFamily` (width is the model width) plus `num_heads` and `seq_lens` (the
+    training sequence length). The default dataset is the generated language (`synth_chars`):
+    `stdlib_chars` is held out for evaluation (configs/heldout_cpu.yaml, the suites), so it is
+    not a default here, and neither is width 64 at depth 2 (the held-out LM's shape).
+    """
+
+    datasets: tuple[str, ...] = ("synth_chars",)
+    widths: tuple[int, ...] = (16, 32, 96)
+    depths: tuple[int, ...] = (1, 2)
+    activations: tuple[str, ...] = ("gelu",)  # unused: the transformer fixes its activation
+    batch_sizes: tuple[int, ...] = (16, 32)
+    num_heads: tuple[int, ...] = (2, 4)
+    seq_lens: tuple[int, ...] = (32, 64)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for field in ("num_heads", "seq_lens"):
+            if not getattr(self, field):
+                raise ValueError(f"LanguageModelFamily.{field} is empty; give at least one choice.")
+        bad = [(w, h) for w in self.widths for h in self.num_heads if w % h]
+        if bad:
+            raise ValueError(f"LanguageModelFamily: width must be divisible by num_heads; "
+                             f"(width, heads) {bad} are not. Pick widths that are multiples of "
+                             f"every num_heads.")
+
+    @property
+    def supported_datasets(self) -> tuple[str, ...]:  # type: ignore[override]
+        from tasks.data.catalog import DATASETS
+
+        return tuple(name for name, spec in DATASETS.items() if spec.kind == "text")
+
+    def sample_spec(self, key: jax.Array) -> LanguageModelSpec:
+        """A task spec (static choices + one init scale); deterministic in `key`."""
+        rng = self._rng(key)
+        dataset = self.datasets[rng.integers(len(self.datasets))]
+        model = TransformerConfig(
+            width=int(rng.choice(self.widths)), depth=int(rng.choice(self.depths)),
+            num_heads=int(rng.choice(self.num_heads)), max_len=int(rng.choice(self.seq_lens)),
+            parametrization=self.parametrization, base_width=self.base_width)
+        return LanguageModelSpec(
+            dataset=dataset, model=model, batch_size=int(rng.choice(self.batch_sizes)),
+            horizon=int(rng.choice(self.horizons)), init_scale=self._init_scale(rng))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Literal
 from tasks.data.digits_builder import LoptDigits
 from tasks.data.mnist1d_builder import LoptMnist1d
 from tasks.data.stdlib_text_builder import LoptStdlibChars
+from tasks.data.synthetic_text_builder import LoptSynthText
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("lopt_digits", "classification", num_classes=10,
                           input_scale=1.0 / 8.0, input_offset=-1.0, builder=LoptDigits),
     "stdlib_chars": DatasetSpec("lopt_stdlib_chars", "text", builder=LoptStdlibChars),
+    "synth_chars": DatasetSpec("lopt_synth_text", "text", builder=LoptSynthText),  # meta-training
     # Real TFDS datasets: used when prepared in the data dir.
     "mnist": DatasetSpec("mnist", "classification", num_classes=10, **_IMAGE_U8),
     "fashion_mnist": DatasetSpec("fashion_mnist", "classification", num_classes=10, **_IMAGE_U8),

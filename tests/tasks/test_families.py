@@ -108,3 +108,32 @@ def test_recipe_mixture_builds_members_and_explains_bad_entries(data_dir):
         make_family("mixture", {"members": []})
     with pytest.raises(ValueError, match="wieght"):
         make_family("mixture", {"members": [{"family": "mlp", "wieght": 2}]})
+
+
+def test_lm_family_draws_small_transformers_on_the_generated_language(data_dir):
+    from meta_train.families import make_family
+    from tasks.families import LanguageModelFamily
+    from tasks.language_model import LanguageModelTask
+
+    family = make_family("lm", {"data_dir": data_dir, "widths": [16, 32], "seq_lens": [16]})
+    assert isinstance(family, LanguageModelFamily)
+    specs = [family.sample_spec(jax.random.key(i)) for i in range(30)]
+    assert {s.dataset for s in specs} == {"synth_chars"}  # the held-out stdlib text stays out
+    assert {s.model.width for s in specs} == {16, 32} and {s.model.max_len for s in specs} == {16}
+    assert len({(s.model.depth, s.model.num_heads, s.batch_size) for s in specs}) > 3
+    population = family.sample_population(jax.random.key(2), 2)
+    assert isinstance(population, LanguageModelTask) and population.init_scale.shape == (2,)
+
+    @jax.jit
+    def losses(task, key):
+        def one(t, k):
+            params = t.init(k)
+            return t.loss(params, t.sample_batch(k)), t.eval_loss(params)
+        return jax.vmap(one)(task, jax.random.split(key, 2))
+
+    train, held_out = losses(population, jax.random.key(0))
+    assert bool(jnp.all(jnp.isfinite(train))) and bool(jnp.all(jnp.isfinite(held_out)))
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        LanguageModelFamily(widths=(30,), num_heads=(4,))
+    with pytest.raises(ValueError, match="digits"):
+        LanguageModelFamily(datasets=("digits",))

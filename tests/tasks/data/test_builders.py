@@ -57,6 +57,18 @@ def test_text_loader_gives_byte_tokens(data_dir):
     assert "tensorflow" not in sys.modules
 
 
+def test_generated_language_is_text_unlike_the_held_out_stdlib(data_dir):
+    from tasks.data.synthetic_text_builder import generate_documents
+
+    train = bytes(loading.load_tokens("synth_chars", "train", data_dir=data_dir))
+    test = bytes(loading.load_tokens("synth_chars", "test", data_dir=data_dir))
+    assert len(train) > 1_000_000 and len(test) > 100_000
+    assert b"def " not in train and b"import" not in train  # not code: no stdlib text in it
+    words = train.split()
+    assert len(set(words)) > 1000 and train.count(b". ") > 1000
+    assert generate_documents(3, seed=1) == generate_documents(3, seed=1) != generate_documents(3)
+
+
 def test_loader_rejects_wrong_kind(data_dir):
     with pytest.raises(ValueError, match="load_tokens"):
         loading.load_arrays("stdlib_chars", "train", data_dir=data_dir)
