@@ -109,10 +109,11 @@ def test_cli_smoke_with_mlp_lopt_exports_loadable_theta(tmp_path, capsys):
                                   "pretrain_schedule_decay.yaml", "pretrain_controller.yaml",
                                   "pretrain_linear_controller.yaml", "pretrain_linear_decay.yaml",
                                   "pretrain_mixed.yaml", "pretrain_depth.yaml", "pretrain_velo.yaml",
-                                  "pretrain_velo_decay.yaml"])
+                                  "pretrain_velo_decay.yaml", "pretrain_velo_mixed.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(os.path.join(REPO, "configs", name))
     assert config.run.num_steps > 0
+    families.make_family(config.tasks.family, config.tasks.kwargs)  # task kwargs valid (no data read)
     families.make_architecture(config.optimizer.architecture, config.optimizer.kwargs)  # kwargs valid
     assert dataclasses.is_dataclass(config.unroll)
 
