@@ -69,6 +69,7 @@ TASK_FAMILIES: dict[str, Callable[..., Any]] = {
     "mlp": _from_tasks_package("MLPFamily"),
     "cnn": _from_tasks_package("CNNFamily"),
     "lm": _from_tasks_package("LanguageModelFamily"),
+    "autoencoder": _from_tasks_package("AutoencoderFamily"),
     "mixture": _mixture,
 }
 

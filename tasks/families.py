@@ -2,7 +2,7 @@
 
 `MLPFamily` and `CNNFamily` draw the static choices (dataset, width, depth, activation, batch
 size, horizon) and a log-uniform init scale; `LanguageModelFamily` draws small byte-level
-transformers the same way. `sample_population` keeps one static choice and
+transformers the same way, `AutoencoderFamily` MLP autoencoders. `sample_population` keeps one static choice and
 varies the init scale per member, so the members stack into one vmappable task.
 `MixtureFamily` draws a family first (weighted), then a task from it: meta-training on more than
 one architecture with one worker pool, each worker's population one family's configuration.
@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from tasks.base import Task, TaskFamily
+from tasks.models.autoencoder import AutoencoderConfig
 from tasks.models.cnn import CNNConfig
 from tasks.models.mlp import MLPConfig
 from tasks.models.transformer import TransformerConfig
-from tasks.specs import ClassificationSpec, LanguageModelSpec
+from tasks.specs import AutoencoderSpec, ClassificationSpec, LanguageModelSpec
 from tasks.stacking import stack_tasks
 
 NUM_CLASSES = {"mnist1d": 10, "digits": 10}
@@ -165,6 +166,37 @@ class LanguageModelFamily(MLPFamily):
             num_heads=int(rng.choice(self.num_heads)), max_len=int(rng.choice(self.seq_lens)),
             parametrization=self.parametrization, base_width=self.base_width)
         return LanguageModelSpec(
+            dataset=dataset, model=model, batch_size=int(rng.choice(self.batch_sizes)),
+            horizon=int(rng.choice(self.horizons)), init_scale=self._init_scale(rng))
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderFamily(MLPFamily):
+    """MLP autoencoders (`tasks.models.autoencoder`) of the inputs of vector or image datasets.
+
+    Fields as `MLPFamily` (width and depth of the encoder, mirrored by the decoder) plus
+    `code_dims`, the bottleneck sizes. A regression loss at another scale than the classifiers'.
+    """
+
+    widths: tuple[int, ...] = (32, 64, 128)
+    depths: tuple[int, ...] = (1, 2)
+    code_dims: tuple[int, ...] = (4, 8, 16)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.code_dims or min(self.code_dims) < 1:
+            raise ValueError(f"AutoencoderFamily.code_dims={self.code_dims}; give sizes >= 1.")
+
+    def sample_spec(self, key: jax.Array) -> AutoencoderSpec:
+        """A task spec (static choices + one init scale); deterministic in `key`."""
+        rng = self._rng(key)
+        dataset = self.datasets[rng.integers(len(self.datasets))]
+        model = AutoencoderConfig(
+            width=int(rng.choice(self.widths)), depth=int(rng.choice(self.depths)),
+            code_dim=int(rng.choice(self.code_dims)),
+            activation=self.activations[rng.integers(len(self.activations))],
+            parametrization=self.parametrization, base_width=self.base_width)
+        return AutoencoderSpec(
             dataset=dataset, model=model, batch_size=int(rng.choice(self.batch_sizes)),
             horizon=int(rng.choice(self.horizons)), init_scale=self._init_scale(rng))
 

@@ -46,3 +46,22 @@ class LanguageModelSpec:
         return make_language_model_task(
             self.dataset, self.model, batch_size=self.batch_size, horizon=self.horizon,
             init_scale=self.init_scale, eval_batches=self.eval_batches, data_dir=data_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderSpec:
+    """An autoencoder (`model`: AutoencoderConfig) reconstructing a dataset's inputs."""
+
+    dataset: str
+    model: Any
+    batch_size: int
+    horizon: int
+    init_scale: float = 1.0
+    eval_size: int = 1000
+
+    def build(self, data_dir=None):
+        from tasks.autoencoder import make_autoencoder_task
+
+        return make_autoencoder_task(
+            self.dataset, self.model, batch_size=self.batch_size, horizon=self.horizon,
+            init_scale=self.init_scale, eval_size=self.eval_size, data_dir=data_dir)

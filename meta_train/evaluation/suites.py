@@ -18,6 +18,11 @@ YAML format (every task a mapping with a `kind`; `name` is optional and must be 
         width: 16
         depth: 2
         horizon: 300
+      - kind: autoencoder          # MLP autoencoder of a dataset's inputs (squared error):
+        dataset: mnist1d           # dataset, width, depth, horizon, batch_size (128),
+        width: 64                  # code_dim (8)
+        depth: 2
+        horizon: 300
       - kind: transformer          # byte-level LM: dataset, width, depth, horizon,
         dataset: stdlib_chars      # batch_size (32), num_heads (4), max_len (64)
         width: 64
@@ -140,14 +145,16 @@ def _builtin(f: dict, where: str) -> SuiteEntry:
 
 
 def _model_entry(kind: str, f: dict, where: str) -> SuiteEntry:
+    from tasks.models.autoencoder import AutoencoderConfig
     from tasks.models.cnn import CNNConfig
     from tasks.models.mlp import MLPConfig
     from tasks.models.transformer import TransformerConfig
-    from tasks.specs import ClassificationSpec, LanguageModelSpec
+    from tasks.specs import AutoencoderSpec, ClassificationSpec, LanguageModelSpec
 
     required = ("dataset", "width", "depth", "horizon")
     optional = {"mlp": {"batch_size": 128, "activation": "relu", "parametrization": "mup"},
                 "cnn": {"batch_size": 128},
+                "autoencoder": {"batch_size": 128, "code_dim": 8},
                 "transformer": {"batch_size": 32, "num_heads": 4, "max_len": 64}}[kind]
     f = _take(f, required, {**optional, "name": None}, where)
     sizes = [k for k in (*required, *optional) if k not in ("dataset", "activation", "parametrization")]
@@ -160,10 +167,13 @@ def _model_entry(kind: str, f: dict, where: str) -> SuiteEntry:
     elif kind == "cnn":
         model = CNNConfig(int(f["width"]), int(f["depth"]), 10)
         multipliers = Multipliers(None, None, _horizon_multiplier(int(f["horizon"])))
+    elif kind == "autoencoder":
+        model = AutoencoderConfig(int(f["width"]), int(f["depth"]), code_dim=int(f["code_dim"]))
+        multipliers = Multipliers(None, None, _horizon_multiplier(int(f["horizon"])))
     else:
         model = TransformerConfig(int(f["width"]), int(f["depth"]), num_heads=int(f["num_heads"]),
                                   max_len=int(f["max_len"]))
-    spec_cls = LanguageModelSpec if kind == "transformer" else ClassificationSpec
+    spec_cls = {"transformer": LanguageModelSpec, "autoencoder": AutoencoderSpec}.get(kind, ClassificationSpec)
     spec = spec_cls(f["dataset"], model, batch_size=int(f["batch_size"]), horizon=int(f["horizon"]))
     if kind == "transformer":
         multipliers = Multipliers(None, None, _horizon_multiplier(spec.horizon))
@@ -187,7 +197,7 @@ def _quadratic(f: dict, where: str) -> SuiteEntry:
                       held_out_dataset=True)
 
 
-KINDS = ("builtin", "mlp", "cnn", "transformer", "quadratic")
+KINDS = ("builtin", "mlp", "cnn", "autoencoder", "transformer", "quadratic")
 
 
 def _entry(item: Any, where: str) -> SuiteEntry:

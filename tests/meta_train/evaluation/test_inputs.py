@@ -81,6 +81,7 @@ tasks:
   - {kind: cnn, dataset: digits, width: 16, depth: 2, horizon: 100}
   - {kind: transformer, dataset: stdlib_chars, width: 64, depth: 1, horizon: 100, batch_size: 8}
   - {kind: quadratic, min_curvature: 0.1, max_curvature: 10, horizon: 50, dim: 4}
+  - {kind: autoencoder, dataset: mnist1d, width: 32, depth: 2, horizon: 100, code_dim: 4}
 """))
     assert suite.name == "suite"
     names = [e.name for e in suite.entries]
@@ -90,6 +91,8 @@ tasks:
     assert (mlp.width, mlp.depth, mlp.horizon) == (2.0, 2.0, 2.0)
     assert suite.entries[2].multipliers.width is None
     assert suite.entries[4].spec.build().curvature.shape == (4,)
+    ae = suite.entries[5]
+    assert ae.name == "autoencoder_mnist1d_w32_d2_h100" and ae.spec.model.code_dim == 4
 
 
 @pytest.mark.parametrize("text, expected", [
