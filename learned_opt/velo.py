@@ -99,6 +99,11 @@ class VeLOLOpt:
         max(theta["schedule_decay"], 0) (MLPLOpt's term). The LR head reads tanh fraction
         features, which saturate: it cannot reach zero at the end, and short meta-training
         leaves it flat there (the 500-outer-step mu_velo ends at ~6x its base step).
+    bias_correction: add Adam's bias correction of the Adam feature (the momentum decay nearest
+        0.9 over `rms_decay`) to every tensor's log step, so the untrained optimizer is Adam
+        itself, not Adam with EMAs that start at zero, whose steps are up to 6.5x Adam's over
+        the first hundreds of steps (`features.log_adam_bias_correction`). False keeps the
+        shipped thetas' behaviour.
     """
 
     name: ClassVar[str] = "velo_lopt"
@@ -123,6 +128,7 @@ class VeLOLOpt:
     mup: bool = False
     base_fan_in: int = 64
     schedule_decay: float | None = None
+    bias_correction: bool = False
 
     def __post_init__(self):
         for f in ("hidden_sizes", "momentum_decays", "adafactor_decays", "time_scales", "fraction_offsets"):
@@ -139,7 +145,7 @@ class VeLOLOpt:
             )
         if not self.fraction_offsets:
             raise ValueError("VeLOLOpt.fraction_offsets is empty: the controller needs the fraction of training.")
-        for f in ("param_scale", "mup"):
+        for f in ("param_scale", "mup", "bias_correction"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"VeLOLOpt.{f}={getattr(self, f)!r}: expected true or false.")
         if not self.param_scale and not self.mup:
@@ -300,6 +306,9 @@ class VeLOLOpt:
         log_lr_N = self.log_lr(theta, h_NxH)
         if self.schedule_decay is not None:
             log_lr_N = log_lr_N + feat_lib.log_decay_to_end(theta["schedule_decay"], state.count, num_steps)
+        if self.bias_correction:
+            beta1 = min(self.momentum_decays, key=lambda d: abs(d - 0.9))
+            log_lr_N = log_lr_N + feat_lib.log_adam_bias_correction(state.count, beta1, self.rms_decay)
         mix_NxK = jax.nn.softmax(h_NxH @ theta["mix_head"]["w"] + theta["mix_head"]["b"], axis=-1)
         # Each tensor's network: the basis weighted by its mixture (weights, not outputs).
         nets = jax.tree.map(lambda b: jnp.einsum("nk,k...->n...", mix_NxK, b), theta["basis"])

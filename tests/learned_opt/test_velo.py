@@ -71,6 +71,7 @@ def test_num_steps_and_loss_are_required_with_clear_errors():
         ({"hidden_sizes": (64, 64)}, "impl='reference'"),
         ({"schedule_decay": -1.0}, "schedule_decay=-1.0"),
         ({"schedule_decay": True}, "schedule_decay=True"),
+        ({"bias_correction": "yes"}, "bias_correction='yes'"),
     ],
 )
 def test_bad_config_names_the_value(kwargs, match):
@@ -93,6 +94,32 @@ def test_schedule_decay_takes_every_step_to_zero_at_the_end():
         want = (max(T - t, 1) / T) ** 1.5
         for name in params:
             np.testing.assert_allclose(np.asarray(got[name]), want * np.asarray(ref[name]), rtol=1e-4, atol=1e-9)
+
+
+def test_bias_correction_makes_the_untrained_mu_velo_adam():
+    """With the basis's MLP output zeroed, untrained mu_velo is Adam on m_0.9 / sqrt(v) at the
+    base step: with bias_correction the steps of optax.adam at lr = step_mult (mu-P factor 1 at
+    width 64), without it (1 - 0.9^t) / sqrt(1 - 0.999^t) times them (6.5x by step 10)."""
+    params = {"w": 0.1 * jax.random.normal(jax.random.key(1), (64, 64))}
+    arch = dataclasses.replace(MU_VELO, accumulator_dtype="float32")
+    theta = arch.init_theta(jax.random.key(0))
+    last = theta["basis"]["mlp"][-1]
+    theta["basis"]["mlp"][-1] = {"w": jnp.zeros_like(last["w"]), "b": jnp.zeros_like(last["b"])}
+    corrected = dataclasses.replace(arch, bias_correction=True)
+    adam = __import__("optax").adam(arch.step_mult)
+    states = {a: learned_opt.to_optax(a, theta, num_steps=100) for a in (arch, corrected)}
+    states = {a: (tx, tx.init(params)) for a, tx in states.items()}
+    adam_state = adam.init(params)
+    for t in range(1, 13):
+        g = {"w": jax.random.normal(jax.random.key(t), (64, 64))}
+        want, adam_state = adam.update(g, adam_state, params)
+        got = {}
+        for a, (tx, st) in states.items():
+            got[a], st = tx.update(g, st, params, loss=1.0)
+            states[a] = (tx, st)
+        np.testing.assert_allclose(got[corrected]["w"], want["w"], rtol=2e-3, atol=1e-8)
+        ratio = (1 - 0.9**t) / np.sqrt(1 - 0.999**t)
+        np.testing.assert_allclose(got[arch]["w"], ratio * want["w"], rtol=2e-3, atol=1e-8)
 
 
 def test_implementations_agree():
