@@ -24,16 +24,27 @@ NUM_CLASSES = 12
 LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
 
 
+def _cdf(p: np.ndarray) -> np.ndarray:
+    cdf = np.cumsum(p)
+    return cdf / cdf[-1]
+
+
+def _draw(rng: np.random.Generator, cdf: np.ndarray) -> int:
+    """`rng.choice(len(cdf), p=p)` with the cumulative `cdf` of p precomputed: the same draw from
+    the same stream (one uniform), without recomputing the sum on every call."""
+    return int(cdf.searchsorted(rng.random(), side="right"))
+
+
 def _lexicon(rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
     """Words spelled by a random letter bigram model, and each word's class."""
-    first_P = rng.dirichlet(np.full(26, 0.5))
-    next_PxP = rng.dirichlet(np.full(26, 0.3), size=26)
+    first_cdf = _cdf(rng.dirichlet(np.full(26, 0.5)))
+    next_cdfs = [_cdf(p) for p in rng.dirichlet(np.full(26, 0.3), size=26)]
     words = set()
     while len(words) < LEXICON_SIZE:
         length = 1 + rng.poisson(4.0)
-        letters = [rng.choice(26, p=first_P)]
+        letters = [_draw(rng, first_cdf)]
         for _ in range(length - 1):
-            letters.append(rng.choice(26, p=next_PxP[letters[-1]]))
+            letters.append(_draw(rng, next_cdfs[letters[-1]]))
         words.add("".join(LETTERS[letters]))
     words = sorted(words)
     rng.shuffle(words)
@@ -47,21 +58,21 @@ def generate_documents(num_docs: int = NUM_DOCS, seed: int = SEED) -> list[str]:
     members = [np.flatnonzero(word_class == c) for c in range(NUM_CLASSES)]
     # Zipfian frequencies within each class; a sparse class-to-class transition matrix.
     zipf = [1.0 / np.arange(1, len(m) + 1) ** 1.1 for m in members]
-    zipf = [z / z.sum() for z in zipf]
-    trans_CxC = rng.dirichlet(np.full(NUM_CLASSES, 0.2), size=NUM_CLASSES)
-    start_C = rng.dirichlet(np.full(NUM_CLASSES, 0.5))
+    zipf_cdfs = [_cdf(z / z.sum()) for z in zipf]
+    trans_cdfs = [_cdf(p) for p in rng.dirichlet(np.full(NUM_CLASSES, 0.2), size=NUM_CLASSES)]
+    start_cdf = _cdf(rng.dirichlet(np.full(NUM_CLASSES, 0.5)))
     docs = []
     for _ in range(num_docs):
         paragraphs = []
         for _ in range(rng.integers(2, 6)):
             sentences = []
             for _ in range(rng.integers(3, 9)):
-                c = rng.choice(NUM_CLASSES, p=start_C)
+                c = _draw(rng, start_cdf)
                 tokens = []
                 for i in range(rng.integers(4, 18)):
-                    w = words[members[c][rng.choice(len(members[c]), p=zipf[c])]]
+                    w = words[members[c][_draw(rng, zipf_cdfs[c])]]
                     tokens.append(w + ("," if rng.random() < 0.06 else ""))
-                    c = rng.choice(NUM_CLASSES, p=trans_CxC[c])
+                    c = _draw(rng, trans_cdfs[c])
                 tokens[0] = tokens[0].capitalize()
                 sentences.append(" ".join(tokens).rstrip(",") + rng.choice([".", ".", ".", "?", "!"]))
             paragraphs.append(" ".join(sentences))
