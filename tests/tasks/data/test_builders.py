@@ -67,6 +67,8 @@ def test_generated_language_is_text_unlike_the_held_out_stdlib(data_dir):
     words = train.split()
     assert len(set(words)) > 1000 and train.count(b". ") > 1000
     assert generate_documents(3, seed=1) == generate_documents(3, seed=1) != generate_documents(3)
+    # The same corpus on every machine: pinned to the text it had when meta-training first used it.
+    assert generate_documents(1)[0].startswith("Yweybwk vkmlkmz gjiz vrdf? Gjifuxal ksljsw inily")
 
 
 def test_loader_rejects_wrong_kind(data_dir):
