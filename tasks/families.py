@@ -2,8 +2,8 @@
 
 `MLPFamily` and `CNNFamily` draw the static choices (dataset, width, depth, activation, batch
 size, horizon) and a log-uniform init scale; `LanguageModelFamily` draws small byte-level
-transformers the same way, `AutoencoderFamily` MLP autoencoders. `sample_population` keeps one static choice and
-varies the init scale per member, so the members stack into one vmappable task.
+transformers the same way, `AutoencoderFamily` MLP autoencoders. `sample_population` keeps one
+static choice and varies the init scale per member, so the members stack into one vmappable task.
 `MixtureFamily` draws a family first (weighted), then a task from it: meta-training on more than
 one architecture with one worker pool, each worker's population one family's configuration.
 """
