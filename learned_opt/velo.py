@@ -104,6 +104,12 @@ class VeLOLOpt:
         itself, not Adam with EMAs that start at zero, whose steps are up to 6.5x Adam's over
         the first hundreds of steps (`features.log_adam_bias_correction`). False keeps the
         shipped thetas' behaviour.
+    early_head: a learned, per-tensor share k of that correction: the log step gains
+        k * log_adam_bias_correction(t), k = a linear readout of the tensor's LSTM state
+        (theta["early_head"], zero at the start: no change). The correction goes to 0 as t grows,
+        so k sets only the early steps: k = 1 is Adam's, 0 the uncorrected basis's, < 0 larger
+        still. With the level frozen (`trainable: [early_head]`) meta-training can then give a
+        transformer smaller early steps than an MLP without moving anyone's later step.
     """
 
     name: ClassVar[str] = "velo_lopt"
@@ -129,6 +135,7 @@ class VeLOLOpt:
     base_fan_in: int = 64
     schedule_decay: float | None = None
     bias_correction: bool = False
+    early_head: bool = False
 
     def __post_init__(self):
         for f in ("hidden_sizes", "momentum_decays", "adafactor_decays", "time_scales", "fraction_offsets"):
@@ -145,7 +152,7 @@ class VeLOLOpt:
             )
         if not self.fraction_offsets:
             raise ValueError("VeLOLOpt.fraction_offsets is empty: the controller needs the fraction of training.")
-        for f in ("param_scale", "mup", "bias_correction"):
+        for f in ("param_scale", "mup", "bias_correction", "early_head"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"VeLOLOpt.{f}={getattr(self, f)!r}: expected true or false.")
         if not self.param_scale and not self.mup:
@@ -239,6 +246,8 @@ class VeLOLOpt:
         }
         if self.schedule_decay is not None:
             theta["schedule_decay"] = jnp.asarray(self.schedule_decay, jnp.float32)
+        if self.early_head:
+            theta["early_head"] = {"w": jnp.zeros((h,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
         return theta
 
     # ---- state -------------------------------------------------------------------------------
@@ -306,9 +315,13 @@ class VeLOLOpt:
         log_lr_N = self.log_lr(theta, h_NxH)
         if self.schedule_decay is not None:
             log_lr_N = log_lr_N + feat_lib.log_decay_to_end(theta["schedule_decay"], state.count, num_steps)
-        if self.bias_correction:
+        if self.bias_correction or self.early_head:
             beta1 = min(self.momentum_decays, key=lambda d: abs(d - 0.9))
-            log_lr_N = log_lr_N + feat_lib.log_adam_bias_correction(state.count, beta1, self.rms_decay)
+            log_bc = feat_lib.log_adam_bias_correction(state.count, beta1, self.rms_decay)
+            share_N = 1.0 if self.bias_correction else 0.0
+            if self.early_head:
+                share_N = share_N + h_NxH @ theta["early_head"]["w"] + theta["early_head"]["b"]
+            log_lr_N = log_lr_N + share_N * log_bc
         mix_NxK = jax.nn.softmax(h_NxH @ theta["mix_head"]["w"] + theta["mix_head"]["b"], axis=-1)
         # Each tensor's network: the basis weighted by its mixture (weights, not outputs).
         nets = jax.tree.map(lambda b: jnp.einsum("nk,k...->n...", mix_NxK, b), theta["basis"])

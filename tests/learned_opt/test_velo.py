@@ -72,6 +72,7 @@ def test_num_steps_and_loss_are_required_with_clear_errors():
         ({"schedule_decay": -1.0}, "schedule_decay=-1.0"),
         ({"schedule_decay": True}, "schedule_decay=True"),
         ({"bias_correction": "yes"}, "bias_correction='yes'"),
+        ({"early_head": 1}, "early_head=1"),
     ],
 )
 def test_bad_config_names_the_value(kwargs, match):
@@ -120,6 +121,36 @@ def test_bias_correction_makes_the_untrained_mu_velo_adam():
         np.testing.assert_allclose(got[corrected]["w"], want["w"], rtol=2e-3, atol=1e-8)
         ratio = (1 - 0.9**t) / np.sqrt(1 - 0.999**t)
         np.testing.assert_allclose(got[arch]["w"], ratio * want["w"], rtol=2e-3, atol=1e-8)
+
+
+def test_early_head_sets_a_per_tensor_share_of_the_bias_correction():
+    """At zero the early head changes nothing; a bias of 1 is the full correction; a weight on
+    the LSTM state gives tensors different early steps, which meet later as the correction
+    fades (1.001 at step 5000 for beta2 0.999)."""
+    params, grads = _params(), _grads(_params())
+    arch = dataclasses.replace(MU_VELO, early_head=True)
+    theta = _active_theta(arch)
+    assert set(theta["early_head"]) == {"w", "b"} and not np.any(theta["early_head"]["w"])
+    plain = {k: v for k, v in theta.items() if k != "early_head"}
+    for steps in (1, 3):
+        got, _ = _updates(arch, theta, params, grads, steps=steps)
+        want, _ = _updates(MU_VELO, plain, params, grads, steps=steps)
+        for k in params:
+            np.testing.assert_array_equal(got[k], want[k])
+    full = {**theta, "early_head": {**theta["early_head"], "b": jnp.float32(1.0)}}
+    got, _ = _updates(arch, full, params, grads)
+    want, _ = _updates(dataclasses.replace(MU_VELO, bias_correction=True), plain, params, grads)
+    for k in params:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-12)
+    tilted = {**theta, "early_head": {"w": jnp.ones_like(theta["early_head"]["w"]), "b": jnp.float32(0.0)}}
+    u_tilted, s_tilted = _updates(arch, tilted, params, grads)
+    u_plain, _ = _updates(MU_VELO, plain, params, grads)
+    ratio = {k: float(jnp.linalg.norm(u_tilted[k]) / jnp.linalg.norm(u_plain[k])) for k in params}
+    share = np.asarray(s_tilted.lstm_h_NxH.sum(axis=1))  # each tensor's k, flattening order
+    log_bc = float(jnp.log(jnp.sqrt(1 - 0.999**3) / (1 - 0.9**3)))
+    log_ratio = np.log([ratio[k] for k in sorted(params)])  # dict leaves flatten in key order
+    np.testing.assert_allclose(log_ratio, share * log_bc, rtol=1e-3)
+    assert np.ptp(share) > 0.01  # the tensors' early steps differ
 
 
 def test_implementations_agree():

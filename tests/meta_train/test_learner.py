@@ -109,7 +109,8 @@ def test_cli_smoke_with_mlp_lopt_exports_loadable_theta(tmp_path, capsys):
                                   "pretrain_schedule_decay.yaml", "pretrain_controller.yaml",
                                   "pretrain_linear_controller.yaml", "pretrain_linear_decay.yaml",
                                   "pretrain_mixed.yaml", "pretrain_depth.yaml", "pretrain_velo.yaml",
-                                  "pretrain_velo_decay.yaml", "pretrain_velo_mixed.yaml", "pretrain_velo_bc.yaml"])
+                                  "pretrain_velo_decay.yaml", "pretrain_velo_mixed.yaml", "pretrain_velo_bc.yaml",
+                                  "pretrain_velo_early.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(os.path.join(REPO, "configs", name))
     assert config.run.num_steps > 0
