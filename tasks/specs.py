@@ -49,15 +49,9 @@ class LanguageModelSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class AutoencoderSpec:
-    """An autoencoder (`model`: AutoencoderConfig) reconstructing a dataset's inputs."""
-
-    dataset: str
-    model: Any
-    batch_size: int
-    horizon: int
-    init_scale: float = 1.0
-    eval_size: int = 1000
+class AutoencoderSpec(ClassificationSpec):
+    """An autoencoder (`model`: AutoencoderConfig) reconstructing a dataset's inputs; the fields
+    are `ClassificationSpec`'s (the labels are loaded and not used)."""
 
     def build(self, data_dir=None):
         from tasks.autoencoder import make_autoencoder_task
