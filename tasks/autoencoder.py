@@ -8,6 +8,7 @@ normalized input the network reads.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,7 @@ def make_autoencoder_task(dataset: str, model, *, batch_size: int, horizon: int,
         raise ValueError(f"batch_size and horizon must be >= 1, got {batch_size}, {horizon}.")
     data = load_array_data(dataset, data_dir=data_dir)
     input_shape = tuple(data.train["x"].shape[1:])
-    size = int(jnp.prod(jnp.asarray(input_shape)))
+    size = math.prod(input_shape)
     if model.output_dim not in (0, size):
         raise ValueError(f"model.output_dim={model.output_dim} but {dataset!r} inputs have "
                          f"{size} features; leave it 0 to take it from the data.")
