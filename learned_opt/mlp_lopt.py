@@ -328,10 +328,13 @@ class MLPLOpt:
         """Index of the first Adam-like ratio (m * rsqrt_v ...): they follow p, g, g_clip, m, rsqrt_v."""
         return 3 + len(self.momentum_decays) + 1
 
+    def _adam_momentum_index(self) -> int:
+        """Which momentum decay plays Adam's beta1: the one closest to 0.9 (the Adam start's)."""
+        return min(range(len(self.momentum_decays)), key=lambda i: abs(self.momentum_decays[i] - 0.9))
+
     def _adam_feature_index(self) -> int:
-        """Index of m_beta*rsqrt_v for the momentum decay closest to 0.9 (Adam's beta1)."""
-        k = min(range(len(self.momentum_decays)), key=lambda i: abs(self.momentum_decays[i] - 0.9))
-        return self._first_ratio_feature_index() + k
+        """Index of m_beta*rsqrt_v for Adam's beta1 (`_adam_momentum_index`)."""
+        return self._first_ratio_feature_index() + self._adam_momentum_index()
 
     # ---- theta -------------------------------------------------------------------------------
 

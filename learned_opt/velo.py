@@ -316,7 +316,7 @@ class VeLOLOpt:
         if self.schedule_decay is not None:
             log_lr_N = log_lr_N + feat_lib.log_decay_to_end(theta["schedule_decay"], state.count, num_steps)
         if self.bias_correction or self.early_head:
-            beta1 = min(self.momentum_decays, key=lambda d: abs(d - 0.9))
+            beta1 = self.momentum_decays[self._rule._adam_momentum_index()]  # the Adam start's
             log_bc = feat_lib.log_adam_bias_correction(state.count, beta1, self.rms_decay)
             share_N = 1.0 if self.bias_correction else 0.0
             if self.early_head:
