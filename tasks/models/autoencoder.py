@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from tasks.models.activations import get_activation
+from tasks.models.mlp import dense_stack
 from tasks.models.mup import Readout, check_parametrization, param_roles
 
 
@@ -27,12 +28,9 @@ class Autoencoder(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
         act = get_activation(c.activation)
-        h_BxD = jnp.reshape(x, (x.shape[0], -1))
-        for i in range(c.depth):
-            h_BxD = act(nn.Dense(c.width, name="input" if i == 0 else f"hidden_enc_{i}")(h_BxD))
+        h_BxD = dense_stack(jnp.reshape(x, (x.shape[0], -1)), c.width, c.depth, act, "input", "hidden_enc_")
         h_BxD = nn.Dense(c.code_dim, name="hidden_code")(h_BxD)  # linear bottleneck
-        for i in range(c.depth):
-            h_BxD = act(nn.Dense(c.width, name="input_decoder" if i == 0 else f"hidden_dec_{i}")(h_BxD))
+        h_BxD = dense_stack(h_BxD, c.width, c.depth, act, "input_decoder", "hidden_dec_")
         out_BxD = Readout(c.output_dim, c.parametrization, c.base_width, name="readout")(h_BxD)
         return out_BxD.reshape(x.shape)
 
