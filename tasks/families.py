@@ -56,6 +56,7 @@ class MLPFamily(TaskFamily):
     data_dir: str | None = None
 
     config_class: ClassVar[type] = MLPConfig
+    spec_class: ClassVar[type] = ClassificationSpec
     supported_datasets: ClassVar[tuple[str, ...]] = tuple(NUM_CLASSES)
 
     def __post_init__(self):
@@ -76,17 +77,22 @@ class MLPFamily(TaskFamily):
         return host_rng(key)
 
     def sample_spec(self, key: jax.Array) -> ClassificationSpec:
-        """A task spec (static choices + one init scale); deterministic in `key`."""
+        """A task spec (static choices + one init scale); deterministic in `key`. Subclasses
+        change the model (`_model`) and the spec's class (`spec_class`), not the draws around it."""
         rng = self._rng(key)
         dataset = self.datasets[rng.integers(len(self.datasets))]
-        model = self.config_class(
+        model = self._model(rng, dataset)
+        return self.spec_class(
+            dataset=dataset, model=model, batch_size=int(rng.choice(self.batch_sizes)),
+            horizon=int(rng.choice(self.horizons)), init_scale=self._init_scale(rng))
+
+    def _model(self, rng: np.random.Generator, dataset: str) -> Any:
+        """The model config, drawn from `rng` after the dataset."""
+        return self.config_class(
             width=int(rng.choice(self.widths)), depth=int(rng.choice(self.depths)),
             num_classes=NUM_CLASSES[dataset],
             activation=self.activations[rng.integers(len(self.activations))],
             parametrization=self.parametrization, base_width=self.base_width)
-        return ClassificationSpec(
-            dataset=dataset, model=model, batch_size=int(rng.choice(self.batch_sizes)),
-            horizon=int(rng.choice(self.horizons)), init_scale=self._init_scale(rng))
 
     def _init_scale(self, rng: np.random.Generator) -> float:
         low, high = self.init_scale_range
@@ -140,6 +146,8 @@ class LanguageModelFamily(MLPFamily):
     num_heads: tuple[int, ...] = (2, 4)
     seq_lens: tuple[int, ...] = (32, 64)
 
+    spec_class: ClassVar[type] = LanguageModelSpec
+
     def __post_init__(self):
         super().__post_init__()
         for field in ("num_heads", "seq_lens"):
@@ -157,17 +165,11 @@ class LanguageModelFamily(MLPFamily):
 
         return tuple(name for name, spec in DATASETS.items() if spec.kind == "text")
 
-    def sample_spec(self, key: jax.Array) -> LanguageModelSpec:
-        """A task spec (static choices + one init scale); deterministic in `key`."""
-        rng = self._rng(key)
-        dataset = self.datasets[rng.integers(len(self.datasets))]
-        model = TransformerConfig(
+    def _model(self, rng: np.random.Generator, dataset: str) -> TransformerConfig:
+        return TransformerConfig(
             width=int(rng.choice(self.widths)), depth=int(rng.choice(self.depths)),
             num_heads=int(rng.choice(self.num_heads)), max_len=int(rng.choice(self.seq_lens)),
             parametrization=self.parametrization, base_width=self.base_width)
-        return LanguageModelSpec(
-            dataset=dataset, model=model, batch_size=int(rng.choice(self.batch_sizes)),
-            horizon=int(rng.choice(self.horizons)), init_scale=self._init_scale(rng))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,23 +188,19 @@ class AutoencoderFamily(MLPFamily):
     code_dims: tuple[int, ...] = (4, 8, 16)
     init_scale_range: tuple[float, float] = (0.7, 1.4)
 
+    spec_class: ClassVar[type] = AutoencoderSpec
+
     def __post_init__(self):
         super().__post_init__()
         if not self.code_dims or min(self.code_dims) < 1:
             raise ValueError(f"AutoencoderFamily.code_dims={self.code_dims}; give sizes >= 1.")
 
-    def sample_spec(self, key: jax.Array) -> AutoencoderSpec:
-        """A task spec (static choices + one init scale); deterministic in `key`."""
-        rng = self._rng(key)
-        dataset = self.datasets[rng.integers(len(self.datasets))]
-        model = AutoencoderConfig(
+    def _model(self, rng: np.random.Generator, dataset: str) -> AutoencoderConfig:
+        return AutoencoderConfig(
             width=int(rng.choice(self.widths)), depth=int(rng.choice(self.depths)),
             code_dim=int(rng.choice(self.code_dims)),
             activation=self.activations[rng.integers(len(self.activations))],
             parametrization=self.parametrization, base_width=self.base_width)
-        return AutoencoderSpec(
-            dataset=dataset, model=model, batch_size=int(rng.choice(self.batch_sizes)),
-            horizon=int(rng.choice(self.horizons)), init_scale=self._init_scale(rng))
 
 
 @dataclasses.dataclass(frozen=True)
