@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import learned_opt
@@ -107,7 +108,7 @@ def test_bias_correction_makes_the_untrained_mu_velo_adam():
     last = theta["basis"]["mlp"][-1]
     theta["basis"]["mlp"][-1] = {"w": jnp.zeros_like(last["w"]), "b": jnp.zeros_like(last["b"])}
     corrected = dataclasses.replace(arch, bias_correction=True)
-    adam = __import__("optax").adam(arch.step_mult)
+    adam = optax.adam(arch.step_mult)
     states = {a: learned_opt.to_optax(a, theta, num_steps=100) for a in (arch, corrected)}
     states = {a: (tx, tx.init(params)) for a, tx in states.items()}
     adam_state = adam.init(params)
