@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/meta_throughput.py [--config configs/quickstart.yaml] [key=value ...]
 
+Each worker's pairs are split over the host's cores as in `lopt meta-train`
+(run.population_devices; `run.population_devices=1` for one device).
+
 Both sides run the same population ([pairs, 2 antithetic branches], every branch counted as
 inner steps), the same K-step jitted truncation with donated state buffers, on the same tasks.
 "Plain" trains that population with a frozen theta (no perturbation, no accumulator, no
@@ -13,6 +16,7 @@ Target: ratio (PES / plain) >= 0.8.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import statistics
@@ -20,6 +24,7 @@ import time
 
 import jax
 
+from meta_train import population_devices
 from meta_train import unroll as unroll_lib
 from meta_train.config import load_config
 from meta_train.train import build_run
@@ -41,23 +46,25 @@ def main(argv=None) -> dict:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     config = load_config(args.config, ["estimator.name=pes", "estimator.num_workers=1", *args.overrides])
+    population_devices.request_cpu_devices(config.run.population_devices)  # as `lopt meta-train`
     run = build_run(config)
-    worker, pool, cfg = run.workers[0], run.pools[0], config.unroll
+    worker, cfg = run.workers[0], config.unroll
     theta = run.learner.theta
     arch = run.arch
 
-    pes_states = [worker.get_states()]
-    pes_fn = worker._estimate  # the jitted, donated estimate the trainer runs
-
-    def pes_call(i):
-        grad, pes_states[0], metrics = pes_fn(theta, pool, pes_states[0], jax.random.PRNGKey(i))
+    def pes_call(i):  # the worker's jitted, donated estimate, as the trainer runs it
+        grad, metrics = worker.compute(theta, jax.random.PRNGKey(i))
         return grad
 
+    # Plain training of the same population, split over the same devices.
+    split = (lambda: jax.set_mesh(worker.mesh)) if worker.mesh is not None else contextlib.nullcontext
     plain = jax.jit(functools.partial(unroll_lib.plain_truncation, arch, cfg), donate_argnums=(2,))
-    plain_states = [jax.tree.map(lambda x: x.copy(), pes_states[0].unroll)]
+    plain_states = [jax.tree.map(lambda x: x.copy(), worker.get_states().unroll)]
+    theta_plain = theta if worker.mesh is None else population_devices.replicated(worker.mesh, theta)
 
     def plain_call(i):
-        plain_states[0], out = plain(pool, theta, plain_states[0])
+        with split():
+            plain_states[0], out = plain(worker.pool, theta_plain, plain_states[0])
         return out.meta_loss
 
     steps_per_call = unroll_lib.num_inner_steps(plain_states[0], cfg)
@@ -68,6 +75,7 @@ def main(argv=None) -> dict:
         plain_rates.append(steps_per_call * args.calls / _time(plain_call, args.calls))
     result = {
         "device": str(jax.devices()[0]),
+        "population_devices": 1 if worker.mesh is None else worker.mesh.size,
         "architecture": config.optimizer.architecture,
         "pairs": config.estimator.num_pairs,
         "truncation_length": cfg.truncation_length,

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable
 
-from meta_train import compile_cache
+from meta_train import compile_cache, population_devices
 from meta_train.evaluation.cli import add_evaluate
 
 
@@ -56,6 +56,8 @@ def _run_meta_train(args) -> int:
     if args.init_theta is not None:
         overrides.append(f"optimizer.init_theta={args.init_theta}")
     config = load_config(args.config, overrides)
+    # Before anything starts JAX: the host devices each worker's pairs are split over.
+    population_devices.request_cpu_devices(config.run.population_devices)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     allow = [k.strip() for arg in args.allow_change for k in arg.split(",") if k.strip()]
     try:

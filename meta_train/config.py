@@ -28,7 +28,11 @@ class RunConfig:
     at exit). log_every: outer steps between metric rows.
     compilation_cache: a directory for JAX's persistent compilation cache in `lopt meta-train`
     and its Ray workers (meta_train.compile_cache): shapes compiled before (task re-draws,
-    resumes, restarted actors) are read back instead of compiled. None: no cache."""
+    resumes, restarted actors) are read back instead of compiled. None: no cache.
+    population_devices: each worker's pairs split over this many local devices
+    (meta_train.population_devices): 0 one per core on CPU (`lopt meta-train` asks JAX for them
+    at start) or every local accelerator; 1 no split. The largest count that divides
+    estimator.num_pairs is used."""
 
     seed: int = 0
     num_steps: int = 100
@@ -36,12 +40,19 @@ class RunConfig:
     log_every: int = 1
     progress: bool = True
     compilation_cache: Optional[str] = None
+    population_devices: int = 0
 
     def __post_init__(self):
         for name in ("num_steps", "checkpoint_every", "log_every"):
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"run.{name}={value}; expected >= 1 (outer steps).")
+        value = self.population_devices
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(
+                f"run.population_devices={value!r}; expected an int >= 0 (0: one device per core "
+                "or every accelerator, 1: no split, n: at most n devices)."
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from meta_train import families, fast_rng, robust
+from meta_train import families, fast_rng, population_devices, robust
 from meta_train.config import MetaTrainConfig
 from meta_train.distribution.dispatch import LocalWorker
 from meta_train.estimators import make_estimator
@@ -122,5 +122,6 @@ def make_worker(config: MetaTrainConfig, parts: Components, index: int, task_poo
         task_pool = make_task_pool(config, parts, index)
     theta = theta_template(config, parts.arch)  # replaced by the learner's theta each step
     key = jax.random.fold_in(jax.random.fold_in(base_key(config), 2), index)
+    mesh = population_devices.population_mesh(parts.estimator.num_pairs, config.run.population_devices)
     return LocalWorker(parts.estimator, task_pool, theta, key, redraw_every=config.tasks.redraw_every,
-                       pool_for_round=lambda r: make_task_pool(config, parts, index, r))
+                       pool_for_round=lambda r: make_task_pool(config, parts, index, r), mesh=mesh)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from meta_train import robust
+from meta_train import population_devices, robust
 from tasks.base import mup_roles
 from tasks.stacking import stack_tasks
 
@@ -336,13 +336,17 @@ def map_population(
     """vmap `member_fn(theta, task, state)` over [pairs, branches].
 
     theta_per_branch: thetas have leading [pairs, branches] axes (perturbed); otherwise one
-    theta is shared by everyone.
+    theta is shared by everyone. Traced under a population mesh (meta_train.population_devices),
+    each device runs its own share of the pairs.
     """
-    tasks = take_task(pool, states.task_index[:, 0])
     theta_axis = 0 if theta_per_branch else None
-    over_branches = jax.vmap(member_fn, in_axes=(theta_axis, None, 0))
-    over_pairs = jax.vmap(over_branches, in_axes=(theta_axis, 0, 0))
-    return over_pairs(thetas, tasks, states)
+
+    def over_pairs(thetas, pool, states):
+        tasks = take_task(pool, states.task_index[:, 0])
+        over_branches = jax.vmap(member_fn, in_axes=(theta_axis, None, 0))
+        return jax.vmap(over_branches, in_axes=(theta_axis, 0, 0))(thetas, tasks, states)
+
+    return population_devices.map_shards(over_pairs, (theta_per_branch, False, True))(thetas, pool, states)
 
 
 def run_population(

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from meta_train import learner as learner_lib
+from meta_train import population_devices
 
 
 # ---- workers and the pool interface ----------------------------------------------------------
@@ -76,10 +77,11 @@ class LocalWorker:
     """
 
     def __init__(self, estimator: Any, pool: Any, theta: Any, key: jax.Array, *, redraw_every: int = 0,
-                 pool_for_round: Callable[[int], Any] | None = None):
+                 pool_for_round: Callable[[int], Any] | None = None, mesh: Any = None):
         if redraw_every and pool_for_round is None:
             raise ValueError(f"LocalWorker(redraw_every={redraw_every}) needs pool_for_round.")
         self.estimator = estimator
+        self.mesh = mesh  # population_devices.population_mesh: the pairs split over devices, or None
         self.round = 0
         self._theta, self._key = theta, key
         self._redraw_every, self._pool_for_round = redraw_every, pool_for_round
@@ -88,15 +90,25 @@ class LocalWorker:
     def _start(self, pool: Any, key: jax.Array) -> None:
         """`pool` and fresh unroll states; a new jit object, so the executables of an earlier
         round's shapes are released, not cached forever."""
-        self.pool = pool
         self._estimate = jax.jit(self.estimator.estimate, donate_argnums=(2,))
-        self.states = jax.jit(self.estimator.init_states)(self._theta, pool, key)
+        states = jax.jit(self.estimator.init_states)(self._theta, pool, key)
+        if self.mesh is None:
+            self.pool, self.states = pool, states
+        else:
+            self.pool = population_devices.replicated(self.mesh, pool)
+            self.states = population_devices.sharded(self.mesh, states)
 
     def compute(self, theta: Any, key: jax.Array, version: int = 0) -> tuple[Any, dict[str, jax.Array]]:
         if self._redraw_every:
             self.set_round(max(self.round, version // self._redraw_every))
-        grad, self.states, metrics = self._estimate(theta, self.pool, self.states, key)
-        return grad, metrics
+        if self.mesh is None:
+            grad, self.states, metrics = self._estimate(theta, self.pool, self.states, key)
+            return grad, metrics
+        theta = population_devices.replicated(self.mesh, theta)
+        with jax.set_mesh(self.mesh):
+            grad, self.states, metrics = self._estimate(theta, self.pool, self.states, key)
+        # Back to the default device, where the learner's theta and other workers' results are.
+        return jax.device_put((grad, metrics), jax.devices()[0])
 
     def set_round(self, round: int) -> None:
         """Task round `round`: its pool and fresh unroll states (nothing to do if already there)."""
@@ -125,7 +137,7 @@ class LocalWorker:
         return self.states
 
     def set_states(self, states: Any) -> None:
-        self.states = states
+        self.states = states if self.mesh is None else population_devices.sharded(self.mesh, states)
 
 
 class WorkerPool(Protocol):

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import ray
 
-from meta_train import compile_cache
+from meta_train import compile_cache, population_devices
 from meta_train.config import ClusterError, DistributedConfig, MetaTrainConfig, num_workers
 from meta_train.distribution.dispatch import FAILED, LOST, OK, Outcome
 from meta_train.recipe import make_components, make_worker, theta_template
@@ -164,6 +164,9 @@ class WorkerActor:
     def __init__(self, config: MetaTrainConfig, arch: Any, index: int, worker_factory: Callable):
         self.index = index
         self.pid = os.getpid()
+        # Before JAX starts in this process: the actor's own cores as host devices (0 = auto).
+        cpus = max(1, int(config.distributed.num_cpus_per_worker))
+        population_devices.request_cpu_devices(config.run.population_devices or cpus)
         compile_cache.enable(config.run.compilation_cache)
         parts = make_components(config, arch)
         self.worker = worker_factory(config, parts, index)
