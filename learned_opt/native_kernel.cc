@@ -376,13 +376,17 @@ struct Member {
 // which the two threads share more evenly (784 x 128, 2 threads: 252 -> 223 us a call).
 constexpr int64_t ITEM_ELEMENTS = 32768;
 constexpr int64_t STEP_ITEM_ELEMENTS = 8192;
+// Helpers are woken only for this many elements each (the caller's share included): waking one
+// costs about as much as ~10k elements of work, and a meta-training population is many small
+// tensors, split over devices that already keep every core busy (issue 18).
+constexpr int64_t MIN_THREAD_ELEMENTS = 16384;
 
 // do_item(0 .. items - 1) on XLA's intra-op pool and the caller's thread. Work sharing:
 // helpers and the caller take items from one counter; the caller returns once every item is
 // done. The shared state outlives the call (a late helper finds no item left).
 template <class F>
-void parallel_for(ffi::ThreadPool& pool, int64_t items, F do_item) {
-  const int64_t threads = std::min<int64_t>(pool.num_threads(), items - 1);
+void parallel_for(ffi::ThreadPool& pool, int64_t items, int64_t elements, F do_item) {
+  const int64_t threads = std::min<int64_t>({pool.num_threads(), items - 1, elements / MIN_THREAD_ELEMENTS - 1});
   if (threads <= 0) {
     for (int64_t it = 0; it < items; ++it) do_item(it);
     return;
@@ -456,7 +460,7 @@ ffi::Error run(ffi::ThreadPool& pool, ffi::AnyBuffer p, ffi::AnyBuffer g, ffi::A
     else
       mb.flat_range(lo, hi);
   };
-  parallel_for(pool, items, do_item);
+  parallel_for(pool, items, batch * rc, do_item);
   return ffi::Error::Success();
 }
 
@@ -598,7 +602,7 @@ void grid_statistics(ffi::ThreadPool& pool, Member<P, G, A> mb, int64_t stride, 
   const int64_t span = std::max<int64_t>(1, GRID_ITEM_ELEMENTS / mb.cols);
   const int64_t items = (grid_rows + span - 1) / span;
   std::unique_ptr<SquareSums<1>[]> v_sums(new SquareSums<1>[items]);
-  parallel_for(pool, items, [&](int64_t it) {
+  parallel_for(pool, items, grid_rows * mb.cols, [&](int64_t it) {
     SquareSums<1>& v_sum = v_sums[it];
     visit_grid(mb, stride, it * span, (it + 1) * span, [&](const auto& m, int64_t i, int n, const vf*, auto full) {
       vf g_ = clip(load<decltype(full)::value>(m.g + i, n), -GRAD_CLIP, GRAD_CLIP);
@@ -614,7 +618,7 @@ void grid_statistics(ffi::ThreadPool& pool, Member<P, G, A> mb, int64_t stride, 
   out[0] = rms_mean;
   mb.scal[2 * NM + 2] *= 1.0f / std::sqrt(rms_mean + RSQRT_EPS);
   std::unique_ptr<SquareSums<E>[]> sums(new SquareSums<E>[items]);
-  parallel_for(pool, items, [&](int64_t it) {
+  parallel_for(pool, items, grid_rows * mb.cols, [&](int64_t it) {
     SquareSums<E>& sum = sums[it];
     visit_grid(mb, stride, it * span, (it + 1) * span, [&](const auto& m, int64_t i, int n, const vf* fac, auto full) {
       vf x[E];
@@ -712,7 +716,7 @@ ffi::Error square_means(ffi::ThreadPool& pool, const G* g, int64_t batch, int64_
   const int64_t chunks = (rows + span - 1) / span;
   std::unique_ptr<float[]> col_sums(new float[batch * chunks * cols]);
   float* sums = col_sums.get();
-  parallel_for(pool, batch * chunks, [=](int64_t it) {
+  parallel_for(pool, batch * chunks, batch * rows * cols, [=](int64_t it) {
     const int64_t b = it / chunks, r0 = (it % chunks) * span, r1 = std::min(rows, r0 + span);
     square_sums(g + b * rows * cols, r0, r1, cols, row_out + b * rows, sums + it * cols);
   });

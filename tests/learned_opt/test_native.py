@@ -89,12 +89,13 @@ def test_native_registered_in_impls():
     "shape, row_stride, dtype, acc_dtype",
     [((37, 40), 1, jnp.float32, jnp.float32), ((37, 40), 5, jnp.bfloat16, jnp.bfloat16),
      ((301, 3), 4, jnp.float32, jnp.bfloat16), ((50, 1), 1, jnp.bfloat16, jnp.float32),
-     ((300, 64), 1, jnp.float32, jnp.float32), ((9000, 1), 2, jnp.float32, jnp.float32)],
+     ((600, 64), 1, jnp.float32, jnp.float32), ((80000, 1), 2, jnp.float32, jnp.float32)],
     ids=["rows", "rows-strided-bf16", "narrow-strided", "vector", "rows-threaded", "vector-threaded"],
 )
 def test_grid_statistics_kernel_matches_reference(shape, row_stride, dtype, acc_dtype):
     """Wide rows are read in place and narrow tensors gathered, on every row_stride-th row;
-    grids over 8192 elements are split into work items whose sums are added up."""
+    grids over 8192 elements are split into work items whose sums are added up, on helper
+    threads from 32768 elements (the "threaded" cases)."""
     rows, cols = shape
     ks = jax.random.split(jax.random.key(4), 6)
     p, g = (jax.random.normal(k, shape).astype(dtype) for k in ks[:2])
@@ -130,13 +131,14 @@ def test_square_means_kernel_matches_reference_in_chunks_and_batches():
     "shape, dtype, acc_dtype",
     [((7, 300), jnp.float32, jnp.float32), ((9, 300), jnp.bfloat16, jnp.bfloat16),
      ((64, 12), jnp.float32, jnp.bfloat16), ((50, 7), jnp.bfloat16, jnp.float32),
-     ((700, 40), jnp.float32, jnp.bfloat16)],
+     ((1000, 40), jnp.float32, jnp.bfloat16)],
     ids=["chunks-partial", "chunks-partial-bf16", "narrow-rows", "flat", "threaded"],
 )
 def test_step_kernel_matches_reference(shape, dtype, acc_dtype):
     """Every layout of the step loop: rows of more than one 16-block chunk with a masked tail,
     rows of 10-15 columns (one masked block each), narrower tensors stepped flat with gathered
-    row/column inputs, and tensors of several 8192-element work items."""
+    row/column inputs, and tensors of several 8192-element work items (on helper threads from
+    32768 elements)."""
     rows, cols = shape
     e, o, na = SPEC.num_elementwise, SPEC.num_outputs, SPEC.n_adafactor
     ks = jax.random.split(jax.random.key(6), 10)
