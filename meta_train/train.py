@@ -208,7 +208,9 @@ def meta_train(
                  run.pool.num_workers, type(run.pool).__name__, config.distributed.mode,
                  int(run.learner.step), config.run.num_steps)
         for i, worker in enumerate(getattr(run.pool, "workers", ())):
-            LOG.info("worker %d: %s", i, worker.task_name)
+            mesh = getattr(worker, "mesh", None)
+            LOG.info("worker %d: %s%s", i, worker.task_name,
+                     f", pairs split over {mesh.size} devices" if mesh is not None else "")
         return _train(run, ckpt, workdir, resume=resume, changes=changes, on_step=on_step)
     finally:
         ckpt.close()
