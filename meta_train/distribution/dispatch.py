@@ -104,7 +104,8 @@ class LocalWorker:
         if self.mesh is None:
             grad, self.states, metrics = self._estimate(theta, self.pool, self.states, key)
             return grad, metrics
-        theta = population_devices.replicated(self.mesh, theta)
+        # The learner's theta and key live on one device: copied to every device of the mesh.
+        theta, key = population_devices.replicated(self.mesh, (theta, key))
         with jax.set_mesh(self.mesh):
             grad, self.states, metrics = self._estimate(theta, self.pool, self.states, key)
         # Back to the default device, where the learner's theta and other workers' results are.

@@ -33,7 +33,9 @@ for name, arch in (("pes", None), ("tbptt", MomentumLOpt())):
         parts = make_components(config, arch)
         worker = make_worker(config, parts, 0)
         theta = jax.tree.map(lambda x: x + 0.01, parts.arch.init_theta(jax.random.PRNGKey(1)))
-        grads = [worker.compute(theta, jax.random.PRNGKey(k))[0] for k in range(2)]
+        # Keys and theta committed to one device, as the learner's are.
+        theta = jax.device_put(theta, jax.devices()[0])
+        grads = [worker.compute(theta, jax.device_put(jax.random.PRNGKey(k), jax.devices()[0]))[0] for k in range(2)]
         states = worker.get_states()
         runs[devices] = (grads, states, {len(x.sharding.device_set) for x in jax.tree.leaves(states)})
     (g1, s1, d1), (g2, s2, d2) = runs[1], runs[2]
@@ -42,6 +44,12 @@ for name, arch in (("pes", None), ("tbptt", MomentumLOpt())):
                      "grad_nonzero": bool(any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(g2[-1]))),
                      "devices_1": sorted(d1), "devices_2": sorted(d2)}
 out["estimators"] = results
+# The whole driver: learner, checkpoints and export around split workers.
+import tempfile
+from meta_train.train import meta_train
+config = load_config("configs/smoke.yaml", ["run.num_steps=3", "run.progress=false", "run.population_devices=2"])
+result = meta_train(config, tempfile.mkdtemp(), arch=MomentumLOpt())
+out["driver_steps"] = int(result.step)
 print(json.dumps(out))
 """
 
@@ -54,6 +62,7 @@ def test_split_population_gives_the_unsplit_estimate_on_two_host_devices():
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["mesh_8"] == 2 and out["mesh_3"] is None and out["mesh_8_max1"] is None
+    assert out["driver_steps"] == 3
     for name, r in out["estimators"].items():
         assert r["devices_1"] == [1] and r["devices_2"] == [2], (name, r)  # really split
         assert r["grad_nonzero"], name
