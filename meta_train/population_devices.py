@@ -4,7 +4,7 @@ Why: a meta-training population is many tiny, independent inner trainings. On CP
 each of their kernels (a 16 x (128 x 40) @ (40 x 32) batched matmul, a per-tensor statistic)
 with intra-op threads, and for kernels this small the threads mostly wait on each other. Split
 over host devices instead (`jax_num_cpu_devices`), each core runs its own share of the pairs
-start to finish with no synchronization in the scan: issue 18's setup ran 1.9x the inner
+start to finish with no synchronization in the scan: issue 18's setup ran 2.0x the inner
 steps/s on 2 cores (docs/design_notes.md). On a multi-GPU or TPU host the same split puts one
 share on each accelerator.
 
