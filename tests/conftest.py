@@ -23,13 +23,18 @@ _session_cache_dir = None
 def pytest_configure(config):
     global _session_cache_dir
     _import_ray_outside_any_test()
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return
     import jax
 
-    _session_cache_dir = tempfile.mkdtemp(prefix="lopt-test-xla-cache-")
-    jax.config.update("jax_compilation_cache_dir", _session_cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_S)
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        _session_cache_dir = tempfile.mkdtemp(prefix="lopt-test-xla-cache-")
+        jax.config.update("jax_compilation_cache_dir", _session_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_S)
+    # One host device for the whole session, whichever test starts JAX first: `lopt meta-train`
+    # asks for one per core before it starts JAX (meta_train.population_devices), and a CLI test
+    # running first would otherwise split every later test's population. Tests of the split run
+    # it in a subprocess.
+    jax.config.update("jax_num_cpu_devices", 1)
+    jax.devices()
 
 
 def _import_ray_outside_any_test():
