@@ -20,7 +20,8 @@ without TensorFlow). Build MNIST-1D once with this repo's venv (any `lopt` run o
         tasks.kwargs.datasets=[mnist1d] tasks.kwargs.widths=[32] tasks.kwargs.depths=[3] \\
         tasks.kwargs.batch_sizes=[128] unroll.truncation_length=50 estimator.num_pairs=8
 
-Run the two sides one after the other on quiet cores.
+Run the two sides one after the other on quiet cores. Ours splits each worker's pairs over the
+cores by default (`run.population_devices`; add `run.population_devices=1` for one device).
 """
 
 from __future__ import annotations
