@@ -30,7 +30,7 @@ import learned_opt
 from meta_train.evaluation import metrics
 from meta_train.evaluation.evaluate import EvaluationConfig, _optimizer_result
 from meta_train.evaluation.harness import RunSchedule, run_grid
-from meta_train.evaluation.specs import OptimizerSpec, mup_roles, parse_optimizer
+from meta_train.evaluation.specs import OptimizerSpec, learned_spec, parse_optimizer
 from meta_train.evaluation.suites import resolve_suite
 
 
@@ -66,13 +66,7 @@ class ScaledTask(struct.PyTreeNode):
 
 def _untrained(name: str) -> OptimizerSpec:
     arch = learned_opt.ARCHITECTURES[name]
-    theta = arch.init_theta(jax.random.key(0))
-
-    def make(learning_rate, params, task, num_steps):
-        del learning_rate
-        return learned_opt.to_optax(arch, theta, roles=mup_roles(task, params), num_steps=num_steps)
-
-    return OptimizerSpec(f"{name}-untrained", "learned", make, (1.0,), tuned=False)
+    return learned_spec(f"{name}-untrained", arch, arch.init_theta(jax.random.key(0)))
 
 
 def main(argv=None) -> dict:

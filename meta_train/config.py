@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from meta_train import population_devices
 from meta_train.estimators.antithetic import DIFFERENCES
 from meta_train.learner import OuterConfig
 from meta_train.unroll import UnrollConfig
@@ -47,12 +48,7 @@ class RunConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"run.{name}={value}; expected >= 1 (outer steps).")
-        value = self.population_devices
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(
-                f"run.population_devices={value!r}; expected an int >= 0 (0: one device per core "
-                "or every accelerator, 1: no split, n: at most n devices)."
-            )
+        population_devices.check_count(self.population_devices)
 
 
 @dataclasses.dataclass(frozen=True)

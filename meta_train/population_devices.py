@@ -40,6 +40,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def check_count(count: Any) -> None:
+    """`run.population_devices` is an int >= 0; a clear error otherwise."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(
+            f"run.population_devices={count!r}: expected an int >= 0 (0: one device per core or "
+            "every accelerator, 1: no split, n: split each worker's pairs over at most n devices)."
+        )
+
+
 def request_cpu_devices(count: int) -> int:
     """Ask JAX for `count` host (CPU) devices (0: one per available core); returns how many the
     CPU backend will have.
@@ -48,11 +57,7 @@ def request_cpu_devices(count: int) -> int:
     existing count kept, so a notebook or a test that already ran JAX still works, unsplit.
     Accelerator backends are unaffected: on a GPU or TPU host the population splits over those.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValueError(
-            f"run.population_devices={count!r}: expected an int >= 0 (0: one device per core, "
-            "1: no split, n: split each worker's pairs over n devices)."
-        )
+    check_count(count)
     want = count or available_cores()
     try:
         jax.config.update("jax_num_cpu_devices", want)

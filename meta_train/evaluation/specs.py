@@ -90,11 +90,19 @@ def _learned(spec: str) -> OptimizerSpec:
             raise OptimizerSpecError(f"Unknown optimizer {spec!r}. Valid: {valid_names()}.") from None
         raise OptimizerSpecError(f"--optimizer {spec!r}: {err}") from None
 
+    return learned_spec(spec, arch, theta)
+
+
+def learned_spec(label: str, arch: Any, theta: Any) -> OptimizerSpec:
+    """The OptimizerSpec of a learned optimizer given as (arch, theta): untuned, mu-P roles from
+    the task's model, told the run's length."""
+    import learned_opt
+
     def make(learning_rate, params, task, num_steps):
         del learning_rate
         return learned_opt.to_optax(arch, theta, roles=mup_roles(task, params), num_steps=num_steps)
 
-    return OptimizerSpec(spec, "learned", make, (1.0,), tuned=False)
+    return OptimizerSpec(label, "learned", make, (1.0,), tuned=False)
 
 
 def parse_optimizer(spec: str, grids: dict[str, LRGrid] | None = None) -> OptimizerSpec:
