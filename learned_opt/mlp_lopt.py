@@ -51,7 +51,7 @@ import jax.numpy as jnp
 
 from learned_opt import accumulators as acc_lib
 from learned_opt import features as feat_lib
-from learned_opt import fused, mlp_native_step, mup
+from learned_opt import fused, mlp_native_step, mup, native_build
 from learned_opt import normalizers as norm_lib
 from learned_opt.tree_util import matrix_shape
 
@@ -186,11 +186,12 @@ class MLPLOpt:
         macs = self.num_features * self.hidden_sizes[0] + sum(
             a * b for a, b in zip(self.hidden_sizes[:-1], self.hidden_sizes[1:])
         )
-        if self.impl in ("fused", "native") and macs > fused.MAX_UNROLLED_MACS:
+        limit = {"fused": fused.MAX_UNROLLED_MACS, "native": native_build.MAX_NATIVE_MACS}.get(self.impl)
+        if limit is not None and macs > limit:
             raise ValueError(
                 f"MLPLOpt(impl={self.impl!r}) unrolls the network elementwise, for small networks only: "
                 f"hidden_sizes={self.hidden_sizes} needs {macs} multiply-adds per parameter, over "
-                f"the limit {fused.MAX_UNROLLED_MACS}. Use impl='reference' or smaller hidden sizes."
+                f"the limit {limit}. Use impl='reference' or smaller hidden sizes."
             )
         if not isinstance(self.normalizer_samples, int) or self.normalizer_samples < 0:
             raise ValueError(

@@ -69,6 +69,10 @@ constexpr int max_hidden() {
   return n;
 }
 constexpr int MAXH = max_hidden();
+// Networks up to this width keep their activations in registers; wider ones run blocked, BLOCK
+// outputs at a time (Member::later_layers).
+constexpr int REGISTER_HIDDEN = 8;
+constexpr int BLOCK = 16;
 
 constexpr float GRAD_CLIP = 1e12f;
 constexpr float RSQRT_EPS = 1e-30f;
@@ -267,14 +271,32 @@ struct Member {
   LOPT_INLINE void first_layer(int64_t i, int n, const vf* pre0, const vf* fac, vf* pre) const {
     vf x[E];
     features<FULL, true>(i, n, fac, x);
-    for (int o = 0; o < O; ++o) {
-      vf s[2] = {pre0[o], vf{}};
-      for (int f = 0; f < E; ++f) s[f % 2] += x[f] * w0[f * O + o];
-      pre[o] = s[0] + s[1];
+    if constexpr (MAXH <= REGISTER_HIDDEN) {
+      for (int o = 0; o < O; ++o) {
+        vf s[2] = {pre0[o], vf{}};
+        for (int f = 0; f < E; ++f) s[f % 2] += x[f] * w0[f * O + o];
+        pre[o] = s[0] + s[1];
+      }
+    } else {  // wide: BLOCK outputs at a time, feature by feature (as later_layers)
+      for (int o0 = 0; o0 < O; o0 += BLOCK) {
+        const int nb = std::min(BLOCK, O - o0);
+        vf s[BLOCK];
+        for (int j = 0; j < nb; ++j) s[j] = pre0[o0 + j];
+        for (int f = 0; f < E; ++f) {
+          const vf xf = x[f];
+          for (int j = 0; j < nb; ++j) s[j] += xf * w0[f * O + o0 + j];
+        }
+        for (int j = 0; j < nb; ++j) pre[o0 + j] = s[j];
+      }
     }
   }
 
   // The second half: hidden layers, the (direction, log-magnitude) output and the update.
+  // Small networks keep every activation in registers. Wider ones (muLO's 32 x 32) cannot:
+  // their activations stay in an L1 buffer and each layer runs BLOCK outputs at a time, input
+  // by input, so BLOCK independent sums and one loaded activation fill the registers and both
+  // FMA pipes (one sum per output, input by input, made a chain per output and spilled: slower
+  // than XLA's matmuls, docs/design_notes.md).
   template <bool FULL>
   LOPT_INLINE void later_layers(int64_t i, int n, const vf* pre) const {
     vf h[MAXH], hn[MAXH];
@@ -283,21 +305,43 @@ struct Member {
     int width = HID[0];
     for (int li = 1; li < NL; ++li) {
       const float* b = w + width * HID[li];
-      for (int j = 0; j < HID[li]; ++j) {
-        vf s = splat(b[j]);
-        for (int q = 0; q < width; ++q) s += h[q] * w[q * HID[li] + j];
-        hn[j] = relu(s);
+      if constexpr (MAXH <= REGISTER_HIDDEN) {
+        for (int j = 0; j < HID[li]; ++j) {
+          vf s = splat(b[j]);
+          for (int q = 0; q < width; ++q) s += h[q] * w[q * HID[li] + j];
+          hn[j] = relu(s);
+        }
+      } else {
+        for (int j0 = 0; j0 < HID[li]; j0 += BLOCK) {
+          const int nb = std::min(BLOCK, HID[li] - j0);
+          vf s[BLOCK];
+          for (int j = 0; j < nb; ++j) s[j] = splat(b[j0 + j]);
+          for (int q = 0; q < width; ++q) {
+            const vf hq = h[q];
+            for (int j = 0; j < nb; ++j) s[j] += hq * w[q * HID[li] + j0 + j];
+          }
+          for (int j = 0; j < nb; ++j) hn[j0 + j] = relu(s[j]);
+        }
       }
       for (int j = 0; j < HID[li]; ++j) h[j] = hn[j];
       w = b + HID[li];
       width = HID[li];
     }
-    vf dir = splat(w[2 * width]), lmag = splat(w[2 * width + 1]);
+    // Four partial sums each: a chain of `width` dependent multiply-adds per output would
+    // wait on the FMA latency.
+    constexpr int NS = MAXH <= REGISTER_HIDDEN ? 1 : 4;
+    vf dir[NS] = {}, lmag[NS] = {};
+    dir[0] = splat(w[2 * width]);
+    lmag[0] = splat(w[2 * width + 1]);
     for (int q = 0; q < width; ++q) {
-      dir += h[q] * w[2 * q];
-      lmag += h[q] * w[2 * q + 1];
+      dir[q % NS] += h[q] * w[2 * q];
+      lmag[q % NS] += h[q] * w[2 * q + 1];
     }
-    vf step = (dir + pre[HID[0]]) * vexp(lmag * scal[2 * NM + 3]) * scal[2 * NM + 4];
+    for (int k = 1; k < NS; ++k) {
+      dir[0] += dir[k];
+      lmag[0] += lmag[k];
+    }
+    vf step = (dir[0] + pre[HID[0]]) * vexp(lmag[0] * scal[2 * NM + 3]) * scal[2 * NM + 4];
     store<FULL>(upd + i, step, n);
   }
 

@@ -46,6 +46,8 @@ VELO_FRACTION_OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 # Controller inputs per tensor (after the global ones): log RMS(m_k / sqrt v) per momentum decay,
 # log RMS(p) / 5 (the rank, as [vector, matrix, higher], follows them).
 _CONSISTENCY_RANGE = (-5.0, 1.0)
+# The direct head's term in each tensor's log step is clipped to this range.
+DIRECT_LOG_RANGE = (-8.0, 2.0)
 
 
 class VeLOState(NamedTuple):
@@ -110,6 +112,13 @@ class VeLOLOpt:
         so k sets only the early steps: k = 1 is Adam's, 0 the uncorrected basis's, < 0 larger
         still. With the level frozen (`trainable: [early_head]`) meta-training can then give a
         transformer smaller early steps than an MLP without moving anyone's later step.
+    direct_head: a learned linear term from the controller's own inputs to each tensor's log
+        step (theta["direct_head"]["w"], zero at the start: no change), with log((T - t) / T)
+        beside them (`direct_features`). The LR head reads the inputs only through the frozen
+        random LSTM; this reads each one directly, a few numbers PES can estimate: how the step
+        follows gradient consistency (noise, not signal, at a stall), the loss features, the
+        tensor's rank and scale, and a decay power to the end. Its sum is clipped to
+        [`DIRECT_LOG_RANGE`], so no input can raise a step more than e^2-fold.
     """
 
     name: ClassVar[str] = "velo_lopt"
@@ -136,6 +145,7 @@ class VeLOLOpt:
     schedule_decay: float | None = None
     bias_correction: bool = False
     early_head: bool = False
+    direct_head: bool = False
 
     def __post_init__(self):
         for f in ("hidden_sizes", "momentum_decays", "adafactor_decays", "time_scales", "fraction_offsets"):
@@ -152,7 +162,7 @@ class VeLOLOpt:
             )
         if not self.fraction_offsets:
             raise ValueError("VeLOLOpt.fraction_offsets is empty: the controller needs the fraction of training.")
-        for f in ("param_scale", "mup", "bias_correction", "early_head"):
+        for f in ("param_scale", "mup", "bias_correction", "early_head", "direct_head"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"VeLOLOpt.{f}={getattr(self, f)!r}: expected true or false.")
         if not self.param_scale and not self.mup:
@@ -215,6 +225,11 @@ class VeLOLOpt:
             + [f"mean_state{i}" for i in range(self.lstm_hidden)]
         )
 
+    def direct_features(self) -> list[str]:
+        """The direct head's inputs, in order: the LSTM's inputs without the mean state, then
+        log((T - t) / T)."""
+        return self.controller_features()[: -self.lstm_hidden] + ["log_remaining_fraction"]
+
     @property
     def loss_features(self) -> bool:
         """Whether `update` reads the loss (as `MLPLOpt.loss_features`)."""
@@ -248,6 +263,8 @@ class VeLOLOpt:
             theta["schedule_decay"] = jnp.asarray(self.schedule_decay, jnp.float32)
         if self.early_head:
             theta["early_head"] = {"w": jnp.zeros((h,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+        if self.direct_head:
+            theta["direct_head"] = {"w": jnp.zeros((len(self.direct_features()),), jnp.float32)}
         return theta
 
     # ---- state -------------------------------------------------------------------------------
@@ -313,6 +330,12 @@ class VeLOLOpt:
         )
         h_NxH, c_NxH = _lstm(theta["lstm"], x_NxI, h_prev, c_prev)
         log_lr_N = self.log_lr(theta, h_NxH)
+        if self.direct_head:
+            remaining = feat_lib.log_remaining_fraction(state.count, num_steps)
+            direct_NxD = jnp.concatenate(
+                [x_NxI[:, : -self.lstm_hidden], jnp.broadcast_to(remaining, (n, 1))], axis=1
+            )
+            log_lr_N = log_lr_N + jnp.clip(direct_NxD @ theta["direct_head"]["w"], *DIRECT_LOG_RANGE)
         if self.schedule_decay is not None:
             log_lr_N = log_lr_N + feat_lib.log_decay_to_end(theta["schedule_decay"], state.count, num_steps)
         if self.bias_correction or self.early_head:

@@ -81,8 +81,29 @@ def test_meta_gradient_through_native_matches_reference():
 def test_native_registered_in_impls():
     with pytest.raises(ValueError, match="impl='bogus'"):
         learned_opt.MLPLOpt(impl="bogus")
-    with pytest.raises(ValueError, match="impl='native'.*hidden_sizes=\\(32, 32\\)"):
-        learned_opt.MLPLOpt(hidden_sizes=(32, 32), impl="native")
+    with pytest.raises(ValueError, match="impl='native'.*hidden_sizes=\\(64, 64\\)"):
+        learned_opt.MLPLOpt(hidden_sizes=(64, 64), impl="native")
+
+
+def test_wide_network_runs_blocked_and_matches_reference():
+    """muLO's 39 -> 32 -> 32 network (`mlp`: five momenta, f32 state) is past the width that
+    keeps activations in registers: the kernel runs its layers blocked (16 outputs at a time;
+    33 first-layer outputs: two full blocks and a partial one)."""
+    nat = learned_opt.ARCHITECTURES["mlp"]
+    assert nat.impl == "native" and nat.hidden_sizes == (32, 32)
+    spec = native.KernelSpec(len(nat.momentum_decays), len(nat.adafactor_decays), nat.hidden_sizes)
+    assert native.available(spec)
+    ref = dataclasses.replace(nat, impl="reference")
+    params = mixed_params(jnp.float32)
+    theta = _random_theta(ref)
+    ups_n, st_n = _run(nat, theta, params)
+    ups_r, st_r = _run(ref, theta, params)
+    for un, ur in zip(ups_n, ups_r):
+        for a, b in zip(jax.tree.leaves(un), jax.tree.leaves(ur)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(st_n), jax.tree.leaves(st_r)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    assert float(jnp.max(jnp.abs(ups_r[-1]["dense"]["kernel"]))) > 1e-5
 
 
 @pytest.mark.parametrize(

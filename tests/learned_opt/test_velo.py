@@ -74,6 +74,7 @@ def test_num_steps_and_loss_are_required_with_clear_errors():
         ({"schedule_decay": True}, "schedule_decay=True"),
         ({"bias_correction": "yes"}, "bias_correction='yes'"),
         ({"early_head": 1}, "early_head=1"),
+        ({"direct_head": "on"}, "direct_head='on'"),
     ],
 )
 def test_bad_config_names_the_value(kwargs, match):
@@ -152,6 +153,43 @@ def test_early_head_sets_a_per_tensor_share_of_the_bias_correction():
     log_ratio = np.log([ratio[k] for k in sorted(params)])  # dict leaves flatten in key order
     np.testing.assert_allclose(log_ratio, share * log_bc, rtol=1e-3)
     assert np.ptp(share) > 0.01  # the tensors' early steps differ
+
+
+def test_direct_head_is_a_clipped_linear_term_of_the_controller_inputs():
+    """At zero the direct head changes nothing. A weight on the remaining-fraction input is a
+    decay power: step t of T is ((T - t) / T)^p times the step without it. A weight on the rank
+    inputs moves matrices and vectors apart; the term is clipped, so a huge weight raises no
+    step more than e^2-fold."""
+    params, grads, T = _params(), _grads(_params()), 8
+    arch = dataclasses.replace(MU_VELO, direct_head=True)
+    names = arch.direct_features()
+    assert names[-1] == "log_remaining_fraction" and "log_rms_p/5" in names and "mean_state0" not in names
+    theta = _active_theta(arch)
+    assert theta["direct_head"]["w"].shape == (len(names),) and not np.any(theta["direct_head"]["w"])
+    plain = {k: v for k, v in theta.items() if k != "direct_head"}
+    for steps in (1, 3):
+        got, _ = _updates(arch, theta, params, grads, num_steps=T, steps=steps)
+        want, _ = _updates(MU_VELO, plain, params, grads, num_steps=T, steps=steps)
+        for k in params:
+            np.testing.assert_array_equal(got[k], want[k])
+
+    def with_weight(name, value):
+        w = np.zeros(len(names), np.float32)
+        w[names.index(name)] = value
+        return {**theta, "direct_head": {"w": jnp.asarray(w)}}
+
+    for steps in (1, 4, T):
+        got, _ = _updates(arch, with_weight("log_remaining_fraction", 1.5), params, grads, num_steps=T, steps=steps)
+        want, _ = _updates(MU_VELO, plain, params, grads, num_steps=T, steps=steps)
+        factor = (max(T - (steps - 1), 1) / T) ** 1.5
+        for k in params:
+            np.testing.assert_allclose(got[k], factor * np.asarray(want[k]), rtol=1e-4, atol=1e-9)
+    want, _ = _updates(MU_VELO, plain, params, grads)
+    got, _ = _updates(arch, with_weight("is_matrix", -1.0), params, grads)
+    np.testing.assert_allclose(got["w1"], np.exp(-1.0) * np.asarray(want["w1"]), rtol=1e-4)
+    np.testing.assert_allclose(got["b1"], want["b1"], rtol=1e-6)
+    got, _ = _updates(arch, with_weight("is_vector", 50.0), params, grads)
+    np.testing.assert_allclose(got["b1"], np.exp(2.0) * np.asarray(want["b1"]), rtol=1e-4)
 
 
 def test_implementations_agree():
