@@ -37,7 +37,7 @@ against; the right choice for large hidden sizes and on matrix units), "fused"
 (learned_opt.fused) evaluates it elementwise without materializing features (several times
 faster on CPU for the small networks it accepts; benchmarks/step_time.py). A third, "native",
 runs the per-element work as one C++ loop per tensor (learned_opt.native; its per-tensor glue
-is learned_opt.mlp_native_step).
+is learned_opt.mlp_native_step), for networks up to muLO's size.
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ class MLPLOpt:
         starts as a small correction.
     impl: "reference" (stacked features, matmuls), "fused" (elementwise XLA, small networks
         only; learned_opt.fused) or "native" (the per-element work as one native CPU loop per
-        tensor, compiled on first use, the XLA form elsewhere and under differentiation; small
-        networks only; learned_opt.native). Same state, same theta, same result to float
+        tensor, compiled on first use, the XLA form elsewhere and under differentiation; up to
+        muLO's 39 -> 32 -> 32, `native_build.MAX_NATIVE_MACS`; learned_opt.native). Same state, same theta, same result to float
         tolerance.
     normalize_adam_features: divide the Adam-like ratios (m * rsqrt(v), g and m * rsqrt of
         Adafactor's factored v) by their RMS over the tensor like every other feature (True, the
