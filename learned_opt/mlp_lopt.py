@@ -86,8 +86,8 @@ class MLPLOpt:
     impl: "reference" (stacked features, matmuls), "fused" (elementwise XLA, small networks
         only; learned_opt.fused) or "native" (the per-element work as one native CPU loop per
         tensor, compiled on first use, the XLA form elsewhere and under differentiation; up to
-        muLO's 39 -> 32 -> 32, `native_build.MAX_NATIVE_MACS`; learned_opt.native). Same state, same theta, same result to float
-        tolerance.
+        muLO's 39 -> 32 -> 32, `native_build.MAX_NATIVE_MACS`; learned_opt.native). Same
+        state, same theta, same result to float tolerance.
     normalize_adam_features: divide the Adam-like ratios (m * rsqrt(v), g and m * rsqrt of
         Adafactor's factored v) by their RMS over the tensor like every other feature (True, the
         original design), or keep them at their own scale (False). They are scale-free and O(1)
