@@ -90,7 +90,14 @@ def elementwise_mlp(feats_E, w_ExO, row_bias_OxR, col_bias_OxC, layers) -> tuple
     the linear skip as its last column; row_bias_OxR / col_bias_OxC: everything else of the
     first layer, per row and per column; layers: the later layers ({"w": (I, O), "b": (O,)}),
     the last giving (direction, log magnitude). The skip's output is added to the direction.
+
+    Networks past MAX_UNROLLED_MACS (the native kernel's wide ones, e.g. muLO's 39 -> 32 -> 32,
+    in its XLA form on GPU and TPU and under differentiation) run as stacked matmuls instead:
+    unrolled, they would take minutes and gigabytes to compile.
     """
+    macs = w_ExO.size + sum(layer["w"].size for layer in layers)
+    if macs > MAX_UNROLLED_MACS:
+        return _stacked_mlp(feats_E, w_ExO, row_bias_OxR, col_bias_OxC, layers)
     pre = [
         sum(f * w_ExO[e, o] for e, f in enumerate(feats_E)) + row_bias_OxR[o][:, None] + col_bias_OxC[o][None, :]
         for o in range(w_ExO.shape[1])
@@ -101,3 +108,16 @@ def elementwise_mlp(feats_E, w_ExO, row_bias_OxR, col_bias_OxC, layers) -> tuple
         h = [jax.nn.relu(v) for v in _dense(h, layer["w"], layer["b"])]
     direction, log_mag = _dense(h, layers[-1]["w"], layers[-1]["b"])
     return direction + skip, log_mag
+
+
+def _stacked_mlp(feats_E, w_ExO, row_bias_OxR, col_bias_OxC, layers) -> tuple[jax.Array, jax.Array]:
+    """`elementwise_mlp` with the features stacked and every layer one matmul."""
+    x_ExRxC = jnp.stack([jnp.asarray(f, jnp.float32) for f in feats_E])
+    pre_OxRxC = (
+        jnp.einsum("erc,eo->orc", x_ExRxC, w_ExO) + row_bias_OxR[:, :, None] + col_bias_OxC[:, None, :]
+    )
+    h_HxRxC, skip = jax.nn.relu(pre_OxRxC[:-1]), pre_OxRxC[-1]
+    for layer in layers[:-1]:
+        h_HxRxC = jax.nn.relu(jnp.einsum("irc,io->orc", h_HxRxC, layer["w"]) + layer["b"][:, None, None])
+    out_2xRxC = jnp.einsum("irc,io->orc", h_HxRxC, layers[-1]["w"]) + layers[-1]["b"][:, None, None]
+    return out_2xRxC[0] + skip, out_2xRxC[1]

@@ -60,7 +60,12 @@ def test_native_under_vmap_matches_per_member():
             np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b), rtol=1e-4, atol=1e-8)
 
 
-def test_meta_gradient_through_native_matches_reference():
+@pytest.mark.parametrize("arch_name", [None, "mlp"], ids=["small", "wide"])
+def test_meta_gradient_through_native_matches_reference(arch_name):
+    """Differentiated, the step is its XLA form: for a wide network (`mlp`), stacked matmuls
+    that compile in seconds (unrolled, 39 -> 32 -> 32 took minutes)."""
+    native_arch = NATIVE if arch_name is None else learned_opt.ARCHITECTURES[arch_name]
+    ref_arch = dataclasses.replace(native_arch, impl="reference")
     params = {"w": jax.random.normal(jax.random.key(2), (6, 5)), "b": jnp.zeros(5)}
     x = jax.random.normal(jax.random.key(3), (16, 6))
 
@@ -72,8 +77,8 @@ def test_meta_gradient_through_native_matches_reference():
             p = jax.tree.map(jnp.add, p, u)
         return jnp.mean(jnp.tanh(x @ p["w"] + p["b"]) ** 2)
 
-    theta = _random_theta(REF)
-    g_n, g_r = jax.grad(meta_loss)(theta, NATIVE), jax.grad(meta_loss)(theta, REF)
+    theta = _random_theta(ref_arch)
+    g_n, g_r = jax.grad(meta_loss)(theta, native_arch), jax.grad(meta_loss)(theta, ref_arch)
     for a, b in zip(jax.tree.leaves(g_n), jax.tree.leaves(g_r)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=1e-9)
 
@@ -149,33 +154,36 @@ def test_square_means_kernel_matches_reference_in_chunks_and_batches():
 
 
 @pytest.mark.parametrize(
-    "shape, dtype, acc_dtype",
-    [((7, 300), jnp.float32, jnp.float32), ((9, 300), jnp.bfloat16, jnp.bfloat16),
-     ((64, 12), jnp.float32, jnp.bfloat16), ((50, 7), jnp.bfloat16, jnp.float32),
-     ((1000, 40), jnp.float32, jnp.bfloat16)],
-    ids=["chunks-partial", "chunks-partial-bf16", "narrow-rows", "flat", "threaded"],
+    "shape, dtype, acc_dtype, arch_name",
+    [((7, 300), jnp.float32, jnp.float32, None), ((9, 300), jnp.bfloat16, jnp.bfloat16, None),
+     ((64, 12), jnp.float32, jnp.bfloat16, None), ((50, 7), jnp.bfloat16, jnp.float32, None),
+     ((1000, 40), jnp.float32, jnp.bfloat16, None), ((37, 20), jnp.float32, jnp.float32, "mlp")],
+    ids=["chunks-partial", "chunks-partial-bf16", "narrow-rows", "flat", "threaded", "wide-blocked"],
 )
-def test_step_kernel_matches_reference(shape, dtype, acc_dtype):
+def test_step_kernel_matches_reference(shape, dtype, acc_dtype, arch_name):
     """Every layout of the step loop: rows of more than one 16-block chunk with a masked tail,
     rows of 10-15 columns (one masked block each), narrower tensors stepped flat with gathered
     row/column inputs, and tensors of several 8192-element work items (on helper threads from
-    32768 elements)."""
+    32768 elements). "wide-blocked": muLO's 39 -> 32 -> 32 (`mlp`), whose layers the kernel runs
+    blocked and whose XLA form (on GPU and TPU) is stacked matmuls, not the unrolled network."""
+    base = BASE if arch_name is None else learned_opt.ARCHITECTURES[arch_name]
+    spec = native.KernelSpec(len(base.momentum_decays), len(base.adafactor_decays), base.hidden_sizes)
     rows, cols = shape
-    e, o, na = SPEC.num_elementwise, SPEC.num_outputs, SPEC.n_adafactor
+    e, o, na = spec.num_elementwise, spec.num_outputs, spec.n_adafactor
     ks = jax.random.split(jax.random.key(6), 10)
     p, g = jax.random.normal(ks[0], shape).astype(dtype), (0.1 * jax.random.normal(ks[1], shape)).astype(dtype)
-    m = (0.1 * jax.random.normal(ks[2], (SPEC.n_momenta, *shape))).astype(acc_dtype)
+    m = (0.1 * jax.random.normal(ks[2], (spec.n_momenta, *shape))).astype(acc_dtype)
     v = 0.01 + 0.01 * jnp.square(jax.random.normal(ks[3], shape))  # always f32
     w0 = 0.1 * jax.random.normal(ks[4], (e, o))
     rowb, colb = jax.random.normal(ks[5], (o, rows)), jax.random.normal(ks[6], (o, cols))
     srow = jnp.exp(jax.random.normal(ks[7], (na, rows)))
     scol = jnp.exp(jax.random.normal(ks[8], (na, cols)))
-    theta = BASE.init_theta(jax.random.key(7))
+    theta = base.init_theta(jax.random.key(7))
     rest = native.pack_rest(jax.tree.map(lambda x: x + 0.3, theta["mlp"][1:]))
-    scal = native.pack_scalars(BASE.momentum_decays, BASE.rms_decay, 30.0, 0.05, jnp.float32(1e-2))
+    scal = native.pack_scalars(base.momentum_decays, base.rms_decay, 30.0, 0.05, jnp.float32(1e-2))
     args = (p, g, m, v, w0, rowb, colb, srow, scol, rest, scal)
-    want = native.kernel_reference(SPEC, *args)
-    got = jax.jit(lambda *a: native.step(SPEC, *a))(*args)
+    want = native.kernel_reference(spec, *args)
+    got = jax.jit(lambda *a: native.step(spec, *a))(*args)
     upd_tol = dict(rtol=1e-4, atol=1e-7) if dtype == jnp.float32 else dict(rtol=2e-2, atol=1e-5)
     acc_tol = dict(rtol=2e-5, atol=1e-9) if acc_dtype == jnp.float32 else dict(rtol=1e-2, atol=1e-6)
     v_tol = dict(rtol=2e-5, atol=1e-9)
