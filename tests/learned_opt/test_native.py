@@ -35,16 +35,23 @@ def test_native_matches_reference_on_mixed_pytrees(dtype, acc_dtype, normalizer_
     params = mixed_params(dtype)  # dense kernel, bias, conv kernel, scalar, vector
     theta = _random_theta(REF)
     kw = dict(normalizer_samples=normalizer_samples, accumulator_dtype=acc_dtype)
-    ups_n, st_n = _run(dataclasses.replace(NATIVE, **kw), theta, params)
-    ups_r, st_r = _run(dataclasses.replace(REF, **kw), theta, params)
     tol = dict(rtol=1e-4, atol=1e-7) if dtype == jnp.float32 else dict(rtol=2e-2, atol=1e-5)
+    _assert_runs_match(dataclasses.replace(NATIVE, **kw), dataclasses.replace(REF, **kw), theta, params, dtype,
+                       tol, dict(rtol=1e-2, atol=1e-6))
+
+
+def _assert_runs_match(nat, ref, theta, params, dtype, update_tol, state_tol):
+    """Three steps of `nat` and `ref` give the same updates (in the params' dtype) and states,
+    and the updates are not trivially small."""
+    ups_n, st_n = _run(nat, theta, params)
+    ups_r, st_r = _run(ref, theta, params)
     for un, ur in zip(ups_n, ups_r):
         for a, b in zip(jax.tree.leaves(un), jax.tree.leaves(ur)):
             assert a.dtype == b.dtype == dtype
-            np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **tol)
+            np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **update_tol)
     for a, b in zip(jax.tree.leaves(st_n), jax.tree.leaves(st_r)):
         assert a.dtype == b.dtype
-        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **state_tol)
     assert float(jnp.max(jnp.abs(ups_r[-1]["dense"]["kernel"].astype(jnp.float32)))) > 1e-5
 
 
@@ -99,16 +106,8 @@ def test_wide_network_runs_blocked_and_matches_reference():
     spec = native.KernelSpec(len(nat.momentum_decays), len(nat.adafactor_decays), nat.hidden_sizes)
     assert native.available(spec)
     ref = dataclasses.replace(nat, impl="reference")
-    params = mixed_params(jnp.float32)
-    theta = _random_theta(ref)
-    ups_n, st_n = _run(nat, theta, params)
-    ups_r, st_r = _run(ref, theta, params)
-    for un, ur in zip(ups_n, ups_r):
-        for a, b in zip(jax.tree.leaves(un), jax.tree.leaves(ur)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
-    for a, b in zip(jax.tree.leaves(st_n), jax.tree.leaves(st_r)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
-    assert float(jnp.max(jnp.abs(ups_r[-1]["dense"]["kernel"]))) > 1e-5
+    tol = dict(rtol=1e-4, atol=1e-7)
+    _assert_runs_match(nat, ref, _random_theta(ref), mixed_params(jnp.float32), jnp.float32, tol, tol)
 
 
 @pytest.mark.parametrize(
