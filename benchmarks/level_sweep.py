@@ -25,12 +25,11 @@ import math
 import numpy as np
 import optax
 
-import learned_opt
 from learned_opt import checkpoint
 from meta_train.evaluation import metrics
 from meta_train.evaluation.evaluate import EvaluationConfig
 from meta_train.evaluation.harness import RunSchedule, run_grid
-from meta_train.evaluation.specs import OptimizerSpec, mup_roles
+from meta_train.evaluation.specs import OptimizerSpec, learned_spec
 from meta_train.evaluation.suites import resolve_suite
 
 
@@ -52,11 +51,12 @@ def parse_field(arch, text: str) -> tuple[str, object]:
 
 
 def scaled_spec(label: str, arch, theta, factors: list[float]) -> OptimizerSpec:
-    """The learned optimizer times k, with the factors as the grid `run_grid` vmaps over."""
+    """The learned optimizer as `lopt evaluate` builds it (`learned_spec`), times k, with the
+    factors as the grid `run_grid` vmaps over."""
+    unscaled = learned_spec(label, arch, theta)
 
     def make(factor, params, task, num_steps):
-        tx = learned_opt.to_optax(arch, theta, roles=mup_roles(task, params), num_steps=num_steps)
-        return optax.chain(tx, optax.scale(factor))
+        return optax.chain(unscaled.make(None, params, task, num_steps), optax.scale(factor))
 
     return OptimizerSpec(label, "learned", make, tuple(factors), tuned=False)
 
