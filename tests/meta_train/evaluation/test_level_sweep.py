@@ -58,3 +58,15 @@ def test_bad_arguments_name_the_value(level_sweep):
         level_sweep.parse_field(arch, "no_such_field=1")
     with pytest.raises(ValueError, match="positive"):
         level_sweep.main(["--optimizer", NAME, "--suite", "in_distribution", "--factors", "0"])
+
+
+def test_probe_families_parses_and_holds_no_evaluation_task():
+    from meta_train.evaluation.suites import resolve_suite
+
+    root = Path(__file__).resolve().parents[3]
+    probe = resolve_suite(str(root / "configs" / "probe_families.yaml"))
+    kinds = sorted({e.name.split("_")[0] for e in probe.entries})
+    assert kinds == ["cnn", "mlp", "transformer"] and len(probe.entries) == 6
+    evaluation = {e.name for s in ("in_distribution", str(root / "configs" / "heldout_cpu.yaml"))
+                  for e in resolve_suite(s).entries}
+    assert not evaluation & {e.name for e in probe.entries}
