@@ -36,6 +36,9 @@ def add_evaluate(subparsers) -> None:
                    help="cap every task's horizon at this many steps (default: no cap)")
     p.add_argument("--lr-grid", action="append", default=[], metavar="NAME=LOW:HIGH:NUM",
                    help="repeatable: a baseline's log-spaced LR grid, e.g. adamw=1e-4:1e-1:7")
+    p.add_argument("--extend-lr-grid", type=int, default=2, metavar="N",
+                   help="where a baseline's best LR is at an end of its grid, add up to N points "
+                   "past that end, one grid spacing at a time (default 2; 0: the grid as given)")
     p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $LEARNED_OPT_DATA_DIR "
                    "or ~/.cache/learned_opt/tensorflow_datasets)")
     p.add_argument("--divergence-factor", type=float, default=2.0,
@@ -131,6 +134,8 @@ def run_evaluate(args) -> int:
         if args.seeds < 1 or (args.max_steps is not None and args.max_steps < 1):
             raise ValueError(f"--seeds and --max-steps must be >= 1; got {args.seeds}, "
                              f"{args.max_steps}.")
+        if args.extend_lr_grid < 0:
+            raise ValueError(f"--extend-lr-grid must be >= 0 (0: no extension); got {args.extend_lr_grid}.")
         grids = dict(parse_lr_grid(g) for g in args.lr_grid)
         specs = with_reference([parse_optimizer(s, grids) for s in args.optimizer], grids)
         suite = resolve_suite(args.suite)
@@ -144,7 +149,7 @@ def run_evaluate(args) -> int:
                               divergence_factor=args.divergence_factor,
                               tie_rel_tol=args.tie_tolerance,
                               memory_budget_bytes=int(args.memory_budget_gb * 2**30),
-                              data_dir=args.data_dir)
+                              data_dir=args.data_dir, extend_lr_grid=args.extend_lr_grid)
     console = Console(stderr=True)
     total = len(suite.entries) * sum(len(s.learning_rates) for s in specs)
     bar, advance = _progress_bar(console, total)

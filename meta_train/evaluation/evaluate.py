@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from meta_train.evaluation.baselines import REFERENCE, LRGrid
 from meta_train.evaluation.harness import DEFAULT_CACHE, ProgramCache, RunSchedule, run_grid
 from meta_train.evaluation.specs import OptimizerSpec, parse_optimizer
 from meta_train.evaluation.suites import Suite, is_available
-from meta_train.evaluation.tuning import choose_lr
+from meta_train.evaluation.tuning import choose_lr, next_edge_lr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,9 @@ class EvaluationConfig:
     """num_seeds: runs per (optimizer, LR); max_steps: cap on each task's horizon (None: the
     horizon); final_fraction: share of steps averaged into the final loss; divergence_factor:
     final/initial train-loss ratio above which a run diverged; tie_rel_tol: relative half-width
-    of the tie band; memory_budget_bytes: per vmapped chunk; data_dir: datasets (None: default)."""
+    of the tie band; memory_budget_bytes: per vmapped chunk; data_dir: datasets (None: default);
+    extend_lr_grid: the most LR points a tuned baseline adds past the end of its grid where its
+    chosen LR lies, one grid spacing at a time (0: the grid as given; `extend_at_edges`)."""
 
     num_seeds: int = 3
     base_seed: int = 0
@@ -42,6 +44,7 @@ class EvaluationConfig:
     tie_rel_tol: float = 0.01
     memory_budget_bytes: int = 2 << 30
     data_dir: str | None = None
+    extend_lr_grid: int = 2
 
 
 def with_reference(specs: list[OptimizerSpec], grids: dict[str, LRGrid] | None = None):
@@ -78,6 +81,8 @@ def _optimizer_result(spec: OptimizerSpec, runs, window: int, factor: float) -> 
             "kind": spec.kind,
             "tuned": spec.tuned,
             "lr_grid": _floats(runs.learning_rates) if spec.kind == "baseline" else [],
+            "lr_grid_requested": _floats(spec.learning_rates) if spec.kind == "baseline" else [],
+            "lr_grid_added": [],
             "grid_final_train_loss": _floats(grid_mean) if spec.kind == "baseline" else [],
             "grid_diverged_seeds": div.sum(axis=1).tolist() if spec.kind == "baseline" else [],
             "chosen_lr": float(runs.learning_rates[i]) if spec.kind == "baseline" else None,
@@ -159,10 +164,49 @@ def reusable_baseline(previous: dict[str, Any] | None, config: EvaluationConfig,
     old = (task or {}).get("optimizers", {}).get(spec.label)
     if not task or not old or task.get("steps") != steps:
         return None
-    old_grid = old.get("lr_grid") or []
+    old_grid = old.get("lr_grid_requested") or old.get("lr_grid") or []
     if len(old_grid) != len(spec.learning_rates) or not np.allclose(old_grid, spec.learning_rates, rtol=1e-6):
         return None
     return {**old, "reused_from": previous.get("_path", "an earlier evaluation")}
+
+
+_CHOSEN_RUN_KEYS = ("chosen_lr", "final_train_loss", "final_train_loss_std", "final_train_loss_per_seed",
+                    "final_test_loss", "final_test_loss_std", "diverged", "diverged_seeds",
+                    "train_curve", "test_steps", "test_curve")
+
+
+def extend_at_edges(result: dict[str, Any], run_point: Callable[[float], dict[str, Any]],
+                    max_points: int) -> dict[str, Any]:
+    """A tuned baseline's result with LR points added past the end of its grid where the choice
+    lies, one grid spacing at a time, until the choice is inside the grid or `max_points` were
+    added (counting those of a reused result). A best LR at the edge of the grid is a lower
+    bound on the baseline, not its tuning. `run_point(lr)` runs one LR (a one-point result of
+    `_optimizer_result`); the choice is re-made over the whole grid by `tuning.choose_lr`."""
+    requested = result.get("lr_grid_requested") or result["lr_grid"]
+    if len(requested) < 2:
+        return result
+    spacing = (requested[-1] / requested[0]) ** (1.0 / (len(requested) - 1))
+    result = {**result, "lr_grid_requested": list(requested),
+              "lr_grid_added": list(result.get("lr_grid_added", []))}
+    while len(result["lr_grid_added"]) < max_points:
+        new_lr = next_edge_lr(result["lr_grid"], result["chosen_lr"], spacing)
+        if new_lr is None:
+            break
+        point = run_point(new_lr)
+        grid = result["lr_grid"] + point["lr_grid"]
+        means = result["grid_final_train_loss"] + point["grid_final_train_loss"]
+        div = result["grid_diverged_seeds"] + point["grid_diverged_seeds"]
+        order = np.argsort(grid)
+        grid, means, div = ([x[i] for i in order] for x in (grid, means, div))
+        choice = choose_lr(np.array([math.nan if m is None else m for m in means]), np.array(div) > 0)
+        chosen = point if grid[choice.index] == point["lr_grid"][0] else result
+        time = {k: result["time"][k] + point["time"][k] for k in ("compile_s", "run_s", "total_s", "runs")}
+        result = {**result, **{k: chosen[k] for k in _CHOSEN_RUN_KEYS},
+                  "lr_grid": grid, "grid_final_train_loss": means, "grid_diverged_seeds": div,
+                  "chosen_lr_at_grid_edge": choice.at_grid_edge,
+                  "lr_grid_added": result["lr_grid_added"] + point["lr_grid"],
+                  "time": {**result["time"], **time}}
+    return result
 
 
 def evaluate_suite(suite: Suite, specs: list[OptimizerSpec], config: EvaluationConfig, *,
@@ -199,16 +243,23 @@ def evaluate_suite(suite: Suite, specs: list[OptimizerSpec], config: EvaluationC
             desc = f"{entry.name} / {spec.label}"
             reused = reusable_baseline(previous, config, entry.name, steps, spec)
             if reused is not None:
-                result["optimizers"][spec.label] = reused
+                r = reused
                 if progress:
                     progress(len(spec.learning_rates), f"{desc}: reused")
-                continue
-            if progress:
-                progress(0, desc)
-            runs = run_grid(spec, task, schedule, cache=cache,
-                            on_chunk=(lambda n, d=desc: progress(n, d)) if progress else None)
-            result["optimizers"][spec.label] = _optimizer_result(spec, runs, window,
-                                                                 config.divergence_factor)
+            else:
+                if progress:
+                    progress(0, desc)
+                runs = run_grid(spec, task, schedule, cache=cache,
+                                on_chunk=(lambda n, d=desc: progress(n, d)) if progress else None)
+                r = _optimizer_result(spec, runs, window, config.divergence_factor)
+            if spec.kind == "baseline" and config.extend_lr_grid > 0:
+                def run_point(lr, spec=spec):
+                    one = dataclasses.replace(spec, learning_rates=(lr,))
+                    return _optimizer_result(one, run_grid(one, task, schedule, cache=cache), window,
+                                             config.divergence_factor)
+
+                r = extend_at_edges(r, run_point, config.extend_lr_grid)
+            result["optimizers"][spec.label] = r
         _compare(result, window, config.tie_rel_tol)
         tasks[entry.name] = result
     labels = [s.label for s in specs]

@@ -135,7 +135,9 @@ def _grid_fn(spec: OptimizerSpec, schedule: RunSchedule) -> Callable:
 
 
 class ProgramCache:
-    """Compiled grid programs keyed by (spec, schedule, task structure and shapes, chunk size)."""
+    """Compiled grid programs keyed by (the spec's `make`, schedule, task structure and shapes,
+    chunk size): a program reads nothing else of its spec, so a fixed-LR spec, its tuned grid
+    and the points added past a grid's edge share one program per chunk size."""
 
     def __init__(self):
         self._programs: dict[Any, Any] = {}
@@ -144,7 +146,7 @@ class ProgramCache:
     def get(self, spec, schedule, task, learning_rates, keys):
         leaves, treedef = jax.tree.flatten(task)
         shapes = tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
-        key = (spec, schedule, treedef, shapes, learning_rates.shape)
+        key = (spec.make, schedule, treedef, shapes, learning_rates.shape)
         if key in self._programs:
             return self._programs[key], 0.0
         t0 = time.perf_counter()

@@ -52,7 +52,9 @@ def _definitions(results: dict[str, Any]) -> str:
         "held-out loss after the last step.",
         f"- **Tuning**: each baseline's LR is chosen per task on final train loss among LR points "
         "where no seed diverged; learned optimizers are not tuned. Every optimizer sees the same "
-        f"{c['num_seeds']} seeds (initialization and data order).",
+        f"{c['num_seeds']} seeds (initialization and data order). Where the best LR is at an end "
+        f"of the grid, up to {c.get('extend_lr_grid', 0)} points are added past that end, one grid "
+        "spacing at a time (\"past the grid\"); \"grid edge\" marks a choice still at an end.",
         f"- **Diverged**: a non-finite train loss, or a final train loss above "
         f"{c['divergence_factor']:g}x the loss at step 0, in any seed. Diverged counts as a loss.",
         f"- **Win / tie / loss** against tuned AdamW on final train loss, with tie band "
@@ -99,6 +101,9 @@ def _details_table(results: dict[str, Any]) -> str:
     for name, task in results["tasks"].items():
         for o, x in task["optimizers"].items():
             lr = "-" if x["chosen_lr"] is None else f"{x['chosen_lr']:.3g}"
+            added = x.get("lr_grid_added") or []
+            if added:
+                lr += f" (+{len(added)} past the grid)"
             if x["chosen_lr_at_grid_edge"]:
                 lr += " (grid edge)"
             t = x["time"]

@@ -61,6 +61,7 @@ def test_checkpoint_with_mismatched_arrays_says_so(capsys, tmp_path, checkpoint_
     (["--optimizer", "adamw", "--lr-grid", "nadam=1e-3:1e-1:3"], "not baselines"),
     (["--optimizer", "adamw", "--optimizer", "lion", "--optimizer", "lion"], "given twice"),
     (["--optimizer", "adamw", "--seeds", "0"], "--seeds"),
+    (["--optimizer", "adamw", "--extend-lr-grid", "-1"], "--extend-lr-grid must be >= 0"),
 ])
 def test_bad_flags(capsys, tmp_path, args, expected):
     rc, err = _evaluate(capsys, tmp_path, *args, "--suite", "in_distribution")

@@ -97,6 +97,26 @@ def test_divergence_is_flagged_and_counts_as_a_loss(evaluation):
     assert "DIVERGED" in _row(md, "quad_c100")[_row(md, "task").index(UNSTABLE)]
 
 
+def test_no_tuned_baseline_stops_at_its_grid_edge_within_the_budget(evaluation):
+    from tests.meta_train.evaluation.conftest import GRIDS
+
+    _, results, _ = evaluation
+    requested = {g.split("=")[0]: g.split("=")[1] for g in GRIDS}
+    extended = 0
+    for task in results["tasks"].values():
+        for label, r in task["optimizers"].items():
+            if label not in requested:
+                assert r["lr_grid"] == [] or not r["lr_grid_added"]
+                continue
+            low, high, num = requested[label].split(":")
+            assert len(r["lr_grid_requested"]) == int(num)
+            assert math.isclose(r["lr_grid_requested"][0], float(low), rel_tol=1e-6)
+            assert sorted(r["lr_grid"]) == r["lr_grid"] and len(r["lr_grid"]) == int(num) + len(r["lr_grid_added"])
+            assert not r["chosen_lr_at_grid_edge"] or len(r["lr_grid_added"]) == results["config"]["extend_lr_grid"]
+            extended += bool(r["lr_grid_added"])
+    assert extended > 0  # the tiny suite's grids are narrow: some baseline walked past an end
+
+
 def test_lr_grid_picks_lrs_that_follow_curvature(evaluation):
     _, results, _ = evaluation
     lr_flat = results["tasks"]["quad_c1"]["optimizers"]["sgd-momentum"]["chosen_lr"]
