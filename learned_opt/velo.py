@@ -41,6 +41,7 @@ from learned_opt import accumulators as acc_lib
 from learned_opt import features as feat_lib
 from learned_opt import mup
 from learned_opt.mlp_lopt import MLPLOpt
+from learned_opt.orthogonalize import orthogonalize_like
 
 VELO_FRACTION_OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 # Controller inputs per tensor (after the global ones): log RMS(m_k / sqrt v) per momentum decay,
@@ -119,6 +120,10 @@ class VeLOLOpt:
         follows gradient consistency (noise, not signal, at a stall), the loss features, the
         tensor's rank and scale, and a decay power to the end. Its sum is clipped to
         [`DIRECT_LOG_RANGE`], so no input can raise a step more than e^2-fold.
+    orthogonalize: replace each hidden matrix's (and conv kernel's) update by its Newton-Schulz
+        orthogonalization at the same RMS (`learned_opt.orthogonalize`, Muon's iteration; Celo2
+        orthogonalizes its direction). The controller still sets each tensor's step size; this
+        only evens out the directions within a matrix. Costs a few matmuls per matrix per step.
     """
 
     name: ClassVar[str] = "velo_lopt"
@@ -146,6 +151,7 @@ class VeLOLOpt:
     bias_correction: bool = False
     early_head: bool = False
     direct_head: bool = False
+    orthogonalize: bool = False
 
     def __post_init__(self):
         for f in ("hidden_sizes", "momentum_decays", "adafactor_decays", "time_scales", "fraction_offsets"):
@@ -162,7 +168,7 @@ class VeLOLOpt:
             )
         if not self.fraction_offsets:
             raise ValueError("VeLOLOpt.fraction_offsets is empty: the controller needs the fraction of training.")
-        for f in ("param_scale", "mup", "bias_correction", "early_head", "direct_head"):
+        for f in ("param_scale", "mup", "bias_correction", "early_head", "direct_head", "orthogonalize"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"VeLOLOpt.{f}={getattr(self, f)!r}: expected true or false.")
         if not self.param_scale and not self.mup:
@@ -363,6 +369,8 @@ class VeLOLOpt:
             log_step = theta["log_step"] + math.log(self.step_mult * scale)
             leaf_theta = {"mlp": net["mlp"], "skip": net["skip"], "tensor_log_step": log_lr_N[i]}
             u, a, ms_E = rule._update_leaf(leaf_theta, first_bias_H, log_step, None, g, p, acc, role)
+            if self.orthogonalize and role == "hidden" and len(shape) >= 2:
+                u = orthogonalize_like(u)
             updates.append(u)
             new_acc.append(a)
             consistency = jnp.clip(0.5 * jnp.log(ms_E[first_ratio : first_ratio + len(self.momentum_decays)] + 1e-30), *_CONSISTENCY_RANGE)
