@@ -124,6 +124,10 @@ class VeLOLOpt:
         orthogonalization at the same RMS (`learned_opt.orthogonalize`, Muon's iteration; Celo2
         orthogonalizes its direction). The controller still sets each tensor's step size; this
         only evens out the directions within a matrix. Costs a few matmuls per matrix per step.
+    weight_decay: a fixed, decoupled decay of every matrix and kernel (not vectors), AdamW's
+        form with the tensor's own step as its learning rate: the update gains
+        -weight_decay * exp(log step) * p. 0 (the default) for none. Only with absolute steps
+        (param_scale=False, mu_velo): a step relative to RMS(p) has no learning rate to scale by.
     """
 
     name: ClassVar[str] = "velo_lopt"
@@ -152,6 +156,7 @@ class VeLOLOpt:
     early_head: bool = False
     direct_head: bool = False
     orthogonalize: bool = False
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         for f in ("hidden_sizes", "momentum_decays", "adafactor_decays", "time_scales", "fraction_offsets"):
@@ -184,6 +189,15 @@ class VeLOLOpt:
             raise ValueError(
                 f"VeLOLOpt.schedule_decay={self.schedule_decay!r}: expected None or a finite power >= 0 "
                 "(1.0: linear decay to zero at the end)."
+            )
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or not (
+            0 <= self.weight_decay < math.inf
+        ):
+            raise ValueError(f"VeLOLOpt.weight_decay={self.weight_decay!r}: expected a finite number >= 0 (0: none).")
+        if self.weight_decay and self.param_scale:
+            raise ValueError(
+                f"VeLOLOpt.weight_decay={self.weight_decay!r} needs absolute steps (param_scale=False, as "
+                "mu_velo): a step relative to RMS(p) has no learning rate to scale the decay by."
             )
         if not (isinstance(self.step_mult, (int, float)) and self.step_mult > 0):
             raise ValueError(f"VeLOLOpt.step_mult={self.step_mult!r}: expected a positive number.")
@@ -371,6 +385,9 @@ class VeLOLOpt:
             u, a, ms_E = rule._update_leaf(leaf_theta, first_bias_H, log_step, None, g, p, acc, role)
             if self.orthogonalize and role == "hidden" and len(shape) >= 2:
                 u = orthogonalize_like(u)
+            if self.weight_decay and len(shape) >= 2:
+                lr = jnp.exp(log_step + log_lr_N[i])  # the tensor's step: AdamW's learning rate
+                u = u - (self.weight_decay * lr * p).astype(u.dtype)
             updates.append(u)
             new_acc.append(a)
             consistency = jnp.clip(0.5 * jnp.log(ms_E[first_ratio : first_ratio + len(self.momentum_decays)] + 1e-30), *_CONSISTENCY_RANGE)

@@ -307,3 +307,25 @@ def test_untrained_velo_trains_and_round_trips_through_a_checkpoint(tmp_path):
     for k in params:
         np.testing.assert_array_equal(a[k], b[k])
     assert float(loss_fn(a)) < 0.5 * float(loss_fn(params))
+
+
+def test_weight_decay_is_adamw_form_with_each_tensors_own_step_on_matrices_only():
+    """The update gains -wd * exp(log step) * p for matrices (the tensor's step is AdamW's
+    learning rate there) and nothing for vectors; relative steps refuse it."""
+    params, grads = _params(), _grads(_params())
+    theta = _active_theta(MU_VELO)
+    decayed = dataclasses.replace(MU_VELO, weight_decay=0.1)
+    got, state = _updates(decayed, theta, params, grads, steps=2)
+    want, _ = _updates(MU_VELO, theta, params, grads, steps=2)
+    np.testing.assert_array_equal(got["b1"], want["b1"])
+    log_lr = np.asarray(MU_VELO.log_lr(theta, state.lstm_h_NxH))  # each tensor's, flattening order
+    for i, k in enumerate(sorted(params)):
+        if params[k].ndim < 2:
+            continue
+        scale = learned_opt.mup.update_scale(params[k].shape, "hidden", MU_VELO.base_fan_in)
+        lr = np.exp(float(theta["log_step"]) + np.log(MU_VELO.step_mult * scale) + log_lr[i])
+        np.testing.assert_allclose(got[k] - want[k], -0.1 * lr * params[k], rtol=2e-3, atol=1e-9)
+    with pytest.raises(ValueError, match="weight_decay=-1"):
+        dataclasses.replace(MU_VELO, weight_decay=-1.0)
+    with pytest.raises(ValueError, match="needs absolute steps"):
+        dataclasses.replace(VELO, weight_decay=0.1)
