@@ -98,20 +98,20 @@ def test_divergence_is_flagged_and_counts_as_a_loss(evaluation):
 
 
 def test_no_tuned_baseline_stops_at_its_grid_edge_within_the_budget(evaluation):
+    from meta_train.evaluation.specs import parse_lr_grid
     from tests.meta_train.evaluation.conftest import GRIDS
 
     _, results, _ = evaluation
-    requested = {g.split("=")[0]: g.split("=")[1] for g in GRIDS}
+    requested = dict(parse_lr_grid(g) for g in GRIDS)
     extended = 0
     for task in results["tasks"].values():
         for label, r in task["optimizers"].items():
             if label not in requested:
                 assert r["lr_grid"] == [] or not r["lr_grid_added"]
                 continue
-            low, high, num = requested[label].split(":")
-            assert len(r["lr_grid_requested"]) == int(num)
-            assert math.isclose(r["lr_grid_requested"][0], float(low), rel_tol=1e-6)
-            assert sorted(r["lr_grid"]) == r["lr_grid"] and len(r["lr_grid"]) == int(num) + len(r["lr_grid_added"])
+            grid = requested[label]
+            np.testing.assert_allclose(r["lr_grid_requested"], grid.values(), rtol=1e-6)
+            assert sorted(r["lr_grid"]) == r["lr_grid"] and len(r["lr_grid"]) == grid.num + len(r["lr_grid_added"])
             assert not r["chosen_lr_at_grid_edge"] or len(r["lr_grid_added"]) == results["config"]["extend_lr_grid"]
             extended += bool(r["lr_grid_added"])
     assert extended > 0  # the tiny suite's grids are narrow: some baseline walked past an end
